@@ -1,0 +1,91 @@
+"""The single-image API everything else uses: image in, label map out."""
+
+import time
+from dataclasses import dataclass
+from typing import Optional, Tuple, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from evit_ros.model import check_input_size, create_model, get_entry, ModelEntry
+from evit_ros.runtime.image import to_rgb
+from evit_ros.runtime.preprocess import labels_from_logits, preprocess
+
+
+@dataclass
+class Timings:
+    """Milliseconds spent in each phase of the last ``segment()`` call."""
+
+    preprocess_ms: float = 0.0
+    inference_ms: float = 0.0
+    postprocess_ms: float = 0.0
+
+    @property
+    def total_ms(self) -> float:
+        """Sum of the three phases."""
+        return self.preprocess_ms + self.inference_ms + self.postprocess_ms
+
+
+class Segmenter:
+    """Segment camera images with an EfficientViT-Seg model on a chosen backend.
+
+    :param model: a registry name (``b0-cityscapes``) or an ``EfficientViTSeg`` module.
+    :param backend: ``torch`` (other backends register in :mod:`evit_ros.runtime`).
+    :param device: ``cpu`` or ``cuda[:N]``.
+    :param input_size: network ``(height, width)``, multiples of 32; default the model's.
+    :param weights: ``"official"``, a checkpoint path, or ``None`` for random weights
+        (tests only); ignored when ``model`` is a module.
+    :param precision: ``fp32``; ``fp16`` on CUDA backends.
+    """
+
+    def __init__(self, model: Union[str, nn.Module] = 'b0-cityscapes', backend: str = 'torch',
+                 device: str = 'cpu', input_size: Optional[Tuple[int, int]] = None,
+                 weights: Optional[str] = 'official', precision: str = 'fp32',
+                 **backend_options):
+        if isinstance(model, str):
+            self.entry: Optional[ModelEntry] = get_entry(model)
+            module = create_model(model, weights=weights)
+        else:
+            self.entry = None
+            module = model.eval()
+        size = tuple(input_size) if input_size else (
+            self.entry.input_size if self.entry else (512, 1024))
+        check_input_size(*size)
+        self.input_size: Tuple[int, int] = (int(size[0]), int(size[1]))
+        self.num_classes = module.cfg.num_classes
+        self.timings = Timings()
+        self.logits: Optional[torch.Tensor] = None
+        from evit_ros.runtime.backends.selection import create_backend
+        self.backend = create_backend(backend, module, self.input_size, device=device,
+                                      precision=precision, entry=self.entry,
+                                      weights=weights, **backend_options)
+
+    @property
+    def backend_name(self) -> str:
+        """Name of the backend actually running (``auto`` resolves to one)."""
+        return self.backend.name
+
+    def segment(self, image: np.ndarray, encoding: str = 'rgb8',
+                output_size: Optional[Tuple[int, int]] = None) -> np.ndarray:
+        """Return the label map of one image.
+
+        :param image: ``HxW[xC]`` uint8 pixels in ``encoding``.
+        :param encoding: rgb8, bgr8, rgba8, bgra8, mono8 (or yuv422 / yuyv, ``HxWx2``).
+        :param output_size: ``(height, width)`` of the label map; default the image's.
+        :returns: ``uint8`` class ids (``uint16`` beyond 256 classes).
+        :raises evit_ros.runtime.image.ImageError: for an image that cannot be segmented.
+        """
+        start = time.perf_counter()
+        rgb = to_rgb(image, encoding)
+        x = preprocess(rgb, self.input_size)
+        after_pre = time.perf_counter()
+        logits = self.backend.infer(x)
+        after_inf = time.perf_counter()
+        size = tuple(output_size) if output_size else rgb.shape[:2]
+        label_map = labels_from_logits(logits, size)
+        end = time.perf_counter()
+        self.logits = logits
+        self.timings = Timings((after_pre - start) * 1e3, (after_inf - after_pre) * 1e3,
+                               (end - after_inf) * 1e3)
+        return label_map

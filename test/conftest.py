@@ -1,0 +1,41 @@
+"""Shared fixtures: where ../shared is, isolated caches and ROS domains per test."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def shared_dir() -> Path:
+    """Return ``$EVIT_ROS_SHARED`` (default ``../shared`` beside the repository)."""
+    return Path(os.environ.get('EVIT_ROS_SHARED', REPO.parent / 'shared')).resolve()
+
+
+def require_shared(*parts: str) -> Path:
+    """Return a path inside the shared folder, or skip the test saying what is missing."""
+    path = shared_dir().joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f'needs {path} (set EVIT_ROS_SHARED to the shared reference folder)')
+    return path
+
+
+@pytest.fixture
+def shared():
+    """The shared reference folder; skips when absent."""
+    return require_shared()
+
+
+@pytest.fixture
+def official_weights(monkeypatch):
+    """Point EVIT_ROS_WEIGHTS_DIR at the shared official checkpoints; skip when absent."""
+    folder = require_shared('weights', 'efficientvit_seg_b0_cityscapes.pt').parent
+    monkeypatch.setenv('EVIT_ROS_WEIGHTS_DIR', str(folder))
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path_factory, monkeypatch):
+    """Keep every test's weight cache out of the user's home."""
+    monkeypatch.setenv('EVIT_ROS_CACHE', str(tmp_path_factory.mktemp('cache')))
