@@ -1,0 +1,1 @@
+"""Evaluation layer: ground-truth label formats, metrics, rosbag replay and reports."""
