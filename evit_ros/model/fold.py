@@ -24,10 +24,16 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
 
 
 def _fuse(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> nn.Conv2d:
-    scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+    # Fold in fp32 (eps = 1e-7 of the L models is below bf16/fp16 resolution near 1), then
+    # keep the conv's own device and dtype so a model on CUDA or in half stays there.
+    work = torch.promote_types(conv.weight.dtype, torch.float32)
+    weight = conv.weight.to(work)
+    scale = norm.weight.to(work) / torch.sqrt(norm.running_var.to(work) + norm.eps)
     fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
-                      conv.padding, conv.dilation, conv.groups, bias=True)
-    fused.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1))
-    bias = conv.bias if conv.bias is not None else torch.zeros_like(norm.running_mean)
-    fused.bias.copy_((bias - norm.running_mean) * scale + norm.bias)
+                      conv.padding, conv.dilation, conv.groups, bias=True,
+                      padding_mode=conv.padding_mode, device=weight.device,
+                      dtype=conv.weight.dtype)
+    fused.weight.copy_(weight * scale.reshape(-1, 1, 1, 1))
+    bias = conv.bias.to(work) if conv.bias is not None else torch.zeros_like(scale)
+    fused.bias.copy_((bias - norm.running_mean.to(work)) * scale + norm.bias.to(work))
     return fused
