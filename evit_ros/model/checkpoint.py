@@ -2,6 +2,7 @@
 
 import hashlib
 import os
+import re
 from typing import Dict, Optional
 
 import torch
@@ -30,20 +31,51 @@ def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
     """
     if not os.path.isfile(path):
         raise CheckpointError(f'checkpoint {path} does not exist')
+    if os.path.getsize(path) == 0:
+        raise CheckpointError(f'checkpoint {path} is empty (0 bytes); {_AGAIN}')
     try:
         # weights_only: a downloaded file must never run code while it is read.
         data = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt or hostile files
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(
-            f'checkpoint {path} is not a readable torch weights file ({first}); '
-            'download it again or re-import it with `evit-ros weights import`') from None
+        raise CheckpointError(f'checkpoint {path} {_load_failure(exc)}; {_AGAIN}') from None
     if isinstance(data, dict) and 'state_dict' in data and isinstance(data['state_dict'], dict):
         data = data['state_dict']
     if not isinstance(data, dict) or not data or not all(
             isinstance(v, torch.Tensor) for v in data.values()):
         raise CheckpointError(f'checkpoint {path} holds no state dict of tensors')
     return data
+
+
+_AGAIN = 'download it again or re-import it with `evit-ros weights import`'
+
+
+def _load_failure(exc: Exception) -> str:
+    """Say in one line why ``torch.load`` failed, without torch's advice to drop safety.
+
+    torch's own messages run over many lines, carry terminal colour codes and suggest
+    ``weights_only=False``, which would let a hostile file run code: never pass that on.
+    """
+    text = str(exc)
+    refused = re.search(r'Unsupported global: GLOBAL (\S+)', text)
+    if refused:
+        return (f'holds Python objects other than tensors ({refused.group(1)}); refused '
+                'because unpickling them could run code')
+    detail = re.search(r'WeightsUnpickler error:\s*(.+)', text, re.DOTALL)
+    if detail:
+        return f'is not a torch weights file ({_first_line(detail.group(1))})'
+    if 'PytorchStreamReader' in text:
+        reason = _first_line(text).split('. ')[0].split(': ', 1)[-1].rstrip('.')
+        return f'is truncated or corrupt ({reason})'
+    if isinstance(exc, EOFError):
+        return 'is truncated (unexpected end of file)'
+    return f'is not a readable torch weights file ({_first_line(text) or type(exc).__name__})'
+
+
+def _first_line(text: str) -> str:
+    """Return the first non-empty line of ``text`` without terminal escape codes."""
+    text = re.sub(r'\x1b\[[0-9;]*m', '', text)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0] if lines else ''
 
 
 def load_into(model: nn.Module, state_dict: Dict[str, torch.Tensor],
