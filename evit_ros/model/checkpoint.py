@@ -68,7 +68,10 @@ def _load_failure(exc: Exception) -> str:
         return f'is truncated or corrupt ({reason})'
     if isinstance(exc, EOFError):
         return 'is truncated (unexpected end of file)'
-    return f'is not a readable torch weights file ({_first_line(text) or type(exc).__name__})'
+    first = _first_line(text)
+    if not first or 'weights_only' in first:
+        first = type(exc).__name__
+    return f'is not a readable torch weights file ({first})'
 
 
 def _first_line(text: str) -> str:
