@@ -263,8 +263,8 @@ def fetch(entry: ModelEntry, force: bool = False, notify: Optional[Notify] = Non
         try:
             digest = verify(dest, entry)
             return Installed(entry, dest, digest, dest.stat().st_size, 'cached')
-        except CheckpointError as exc:
-            notify(f'{exc}; downloading it again')
+        except CheckpointError:
+            notify(f'{dest} fails its sha256 check; downloading it again')
     for attempt in (1, 2):
         try:
             transfer = download.download(url, part, max_bytes=max_bytes, timeout=timeout,
@@ -301,7 +301,7 @@ def fetch(entry: ModelEntry, force: bool = False, notify: Optional[Notify] = Non
                 check_loads(part, entry, source=url)
             except CheckpointError as exc:
                 _remove(part)
-                raise CheckpointError(f'{exc} The download was deleted.') from None
+                raise CheckpointError(f'{exc} (the download was deleted)') from None
         break
     installed = _install(part, dest, entry, actual, 'downloaded', notify)
     for folder_ in weights_dirs()[:-1]:

@@ -8,6 +8,7 @@ midway, sending no ``Content-Length``, redirecting to plain http.
 import hashlib
 import json
 import os
+import shutil
 import socket
 import stat
 import subprocess
@@ -213,6 +214,28 @@ def test_server_ignoring_range_gets_the_part_rewritten(serve, files, capsys):
     assert [(r['range'], r['status'], r['sent']) for r in serve.log] == [
         ('bytes=1000-', 200, len(good))]
     assert weights.sha256_of(str(cached())) == B0_SHA
+
+
+def test_part_longer_than_the_file_is_replaced_after_416(serve, files, capsys):
+    serve('range', 'good')
+    good = (files / 'good' / B0.checkpoint_file).read_bytes()
+    weights.ensure_cache_dir()
+    part_file().write_bytes(good + b'trailing')
+    code, out, err = run_cli(capsys, 'fetch', 'b0-cityscapes')
+    assert code == 0, err
+    requests = [(r['range'], r['status']) for r in serve.log]
+    assert requests == [(f'bytes={len(good) + 8}-', 416), (None, 200)]
+    assert weights.sha256_of(str(cached())) == B0_SHA
+
+
+def test_corrupt_cached_file_is_downloaded_again_without_force(serve, tmp_path, capsys):
+    serve('range', 'good')
+    weights.ensure_cache_dir()
+    shutil.copyfile(corrupted_b0(tmp_path / 'bad'), cached())
+    code, out, err = run_cli(capsys, 'fetch', 'b0-cityscapes')
+    assert code == 0, err
+    assert f'{cached()} fails its sha256 check; downloading it again' in err
+    assert 'downloaded' in out and weights.sha256_of(str(cached())) == B0_SHA
 
 
 def test_dropped_connection_keeps_the_part_and_the_next_fetch_resumes(serve, files, capsys):
