@@ -327,6 +327,9 @@ def import_file(entry: ModelEntry, source: os.PathLike, notify: Optional[Notify]
     if not source.is_file():
         raise FetchError(f'{source} is not a file; give the path of the downloaded '
                          f'{entry.checkpoint_file}')
+    if source.stat().st_size > download.MAX_BYTES:
+        raise FetchError(f'{source} has {source.stat().st_size} bytes, more than any '
+                         f'checkpoint ({download.MAX_BYTES}-byte limit); not installed')
     folder = ensure_cache_dir()
     dest = folder / entry.checkpoint_file
     fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=entry.checkpoint_file + '.',
