@@ -10,7 +10,8 @@ from typing import List, Optional
 # default that takes the parsed arguments and returns an exit code.
 COMMAND_MODULES = (
     'evit_ros.cli.weights',     # weights fetch | import | list
-    'evit_ros.cli.runtime',     # export, build-engine, engines, bench
+    'evit_ros.cli.runtime',     # export, bench
+    'evit_ros.cli.engines',     # build-engine, engines list | clean
     'evit_ros.cli.node',        # node
     'evit_ros.cli.bags',        # make-bag, replay, demo
 )

@@ -1,26 +1,163 @@
-"""Choosing and building a backend by name."""
+"""Choosing and building a backend by name, or the best one that works here (``auto``).
 
-from typing import Tuple
+``auto`` tries, in order: TensorRT, ONNX Runtime on CUDA, PyTorch on CUDA, ONNX Runtime on
+the CPU, PyTorch on the CPU, and takes the first that builds. Each one skipped gets one log
+line (logger ``evit_ros.runtime``) saying why, and the one chosen one more, so a robot's log
+always tells which backend, device and precision run.
+"""
+
+import importlib
+import inspect
+import logging
+from typing import Dict, Set, Tuple
 
 from torch import nn
 
 from evit_ros.runtime.backends import Backend, BackendUnavailable
 
-BACKENDS = ('torch',)
+LOG = logging.getLogger('evit_ros.runtime')
+
+#: names users may choose.
+BACKENDS = ('auto', 'tensorrt', 'onnxruntime', 'torch')
+#: (backend, device kind) in the order ``auto`` tries them.
+AUTO_ORDER = (('tensorrt', 'cuda'), ('onnxruntime', 'cuda'), ('torch', 'cuda'),
+              ('onnxruntime', 'cpu'), ('torch', 'cpu'))
+_CLASSES = {
+    'torch': ('evit_ros.runtime.backends.torch_backend', 'TorchBackend'),
+    'onnxruntime': ('evit_ros.runtime.backends.onnxruntime_backend', 'OnnxRuntimeBackend'),
+    'tensorrt': ('evit_ros.runtime.backends.tensorrt_backend', 'TensorRTBackend'),
+}
+# Arguments every backend gets positionally or by name, never as options.
+_COMMON = {'self', 'model', 'input_size', 'device', 'precision'}
+# Precisions that only make sense on a GPU (or only under TensorRT).
+_GPU_ONLY = ('fp16', 'int8')
+
+
+def backend_class(name: str) -> type:
+    """Import and return the class of backend ``name``.
+
+    :raises BackendUnavailable: when its module (or a library it needs) cannot be imported.
+    """
+    module, attr = _CLASSES[name]
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except ImportError as exc:
+        raise BackendUnavailable(f'{name}: cannot be loaded ({exc})') from None
 
 
 def create_backend(name: str, model: nn.Module, input_size: Tuple[int, int],
                    device: str = 'cpu', precision: str = 'fp32', **options) -> Backend:
     """Build the backend called ``name`` for ``model`` at ``input_size``.
 
-    :raises BackendUnavailable: when that backend cannot run here, saying why.
-    :raises ValueError: for an unknown backend name.
+    :param name: one of :data:`BACKENDS`. ``auto`` takes the first of :data:`AUTO_ORDER`
+        that works; there ``device`` only picks the GPU (``cuda:1``) for CUDA candidates,
+        and CPU candidates run fp32 when fp16/int8 was asked for (the log line says so).
+    :param options: backend options (``threads``, ``engine_dir``, ``workspace_mb``,
+        ``calib``, ...); each backend receives those it takes.
+    :raises BackendUnavailable: when that backend (for ``auto``: every one) cannot run here,
+        saying why.
+    :raises ValueError: for an unknown backend name or an option no backend takes.
     """
-    options.pop('entry', None)
-    options.pop('weights', None)
-    if name == 'torch':
-        from evit_ros.runtime.backends.torch_backend import TorchBackend
-        return TorchBackend(model, input_size, device=device, precision=precision, **options)
     if name not in BACKENDS:
         raise ValueError(f'unknown backend {name!r}; choose one of {", ".join(BACKENDS)}')
-    raise BackendUnavailable(f'backend {name} is not available')
+    if name == 'auto':
+        return _auto(model, input_size, device, precision, options)
+    cls = backend_class(name)
+    backend = cls(model, input_size, device=device, precision=precision,
+                  **_options_for(name, cls, options, strict=True))
+    LOG.info('backend: %s on %s, %s', backend.name, backend.device, backend.precision)
+    return backend
+
+
+def _auto(model: nn.Module, input_size, device: str, precision: str, options) -> Backend:
+    gpu = device if str(device).startswith('cuda') else 'cuda'
+    _check_options(options)
+    reasons = []
+    for name, kind in AUTO_ORDER:
+        where = gpu if kind == 'cuda' else 'cpu'
+        wanted, note = _auto_precision(name, kind, precision)
+        try:
+            cls = backend_class(name)
+            backend = cls(model, input_size, device=where, precision=wanted,
+                          **_options_for(name, cls, options, strict=False))
+        except BackendUnavailable as exc:
+            reason = _without_prefix(str(exc), name)
+            LOG.info('auto: skipping %s on %s: %s', name, where, reason)
+        except (ValueError, TypeError):
+            raise  # a bad setting, the same for every backend: report it, don't hide it
+        except Exception as exc:  # a broken install or driver: note it and fall back
+            reason = f'{type(exc).__name__}: {_without_prefix(str(exc), name)}'
+            LOG.warning('auto: skipping %s on %s: %s', name, where, reason)
+        else:
+            LOG.info('backend: %s on %s, %s (auto%s)', backend.name, backend.device,
+                     backend.precision, f'; {note}' if note else '')
+            return backend
+        reasons.append(f'{name} on {where}: {reason}')
+    raise BackendUnavailable('auto: no backend works here: ' + '; '.join(reasons))
+
+
+def _auto_precision(name: str, kind: str, precision: str) -> Tuple[str, str]:
+    """Return the precision ``auto`` asks of a candidate, and a note when it differs."""
+    if kind == 'cpu' and precision in _GPU_ONLY:
+        return 'fp32', f'{precision} needs a GPU, fp32 on the CPU'
+    if name != 'tensorrt' and precision == 'int8':
+        return 'fp16', 'int8 needs TensorRT, fp16 instead'
+    return precision, ''
+
+
+def _without_prefix(text: str, name: str) -> str:
+    text = text.strip().splitlines()[0] if text.strip() else 'no reason given'
+    return text[len(name) + 2:] if text.startswith(f'{name}: ') else text
+
+
+def _signature(cls: type) -> Tuple[Set[str], bool]:
+    """Return the option names ``cls`` takes by name, and whether it takes ``**options``."""
+    params = inspect.signature(cls.__init__).parameters.values()
+    names = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return names - _COMMON, any(p.kind == p.VAR_KEYWORD for p in params)
+
+
+def _known_options() -> Dict[str, Set[str]]:
+    """Return the named options of every backend that loads here."""
+    known = {}
+    for name in _CLASSES:
+        try:
+            known[name] = _signature(backend_class(name))[0]
+        except BackendUnavailable:
+            continue
+    return known
+
+
+def _check_options(options: dict) -> None:
+    """Raise ValueError for options that no loadable backend takes."""
+    takers, names = False, set()
+    for name in _CLASSES:
+        try:
+            own, takes_any = _signature(backend_class(name))
+        except BackendUnavailable:
+            continue
+        takers, names = takers or takes_any, names | own
+    unknown = sorted(set(options) - names)
+    if unknown and not takers:
+        raise ValueError(f'unknown backend option(s) {", ".join(unknown)}; known: '
+                         f'{", ".join(sorted(names))}')
+
+
+def _options_for(name: str, cls: type, options: dict, strict: bool) -> dict:
+    """Return the subset of ``options`` for backend ``name``.
+
+    Options named by another backend are dropped (one configuration serves every backend);
+    options nobody names go to a backend taking ``**options``, else they are an error when
+    ``strict`` (an explicitly chosen backend).
+    """
+    own, takes_any = _signature(cls)
+    known = _known_options()
+    everyone = set().union(*known.values()) if known else set()
+    unknown = sorted(set(options) - everyone - own)
+    if unknown and not takes_any and strict:
+        raise ValueError(f'unknown backend option(s) {", ".join(unknown)} for {name}; '
+                         f'known: {", ".join(sorted(everyone | own))}')
+    chosen = {k: v for k, v in options.items() if k in own}
+    if takes_any:
+        chosen.update({k: options[k] for k in unknown})
+    return chosen
