@@ -1,0 +1,372 @@
+"""Reading and writing camera images in rosbag2 bags (sqlite3 and mcap) without ROS.
+
+Bags are read and written by the ``rosbags`` package, so they are standard rosbag2 bags that
+``ros2 bag play`` accepts. Images come out as numpy arrays with their sensor_msgs encoding;
+``sensor_msgs/msg/Image`` and ``sensor_msgs/msg/CompressedImage`` are both understood.
+
+Stamps are kept as integer nanoseconds. Some recorders write ``nanosec`` values of 1e9 or
+more; they are carried into the seconds (``sec=0, nanosec=2e9`` is 2 s) rather than refused.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Tuple
+
+import cv2
+import numpy as np
+
+IMAGE = 'sensor_msgs/msg/Image'
+COMPRESSED = 'sensor_msgs/msg/CompressedImage'
+IMAGE_TYPES = (IMAGE, COMPRESSED)
+STORAGES = ('mcap', 'sqlite3')
+NS = 1_000_000_000
+
+#: sensor_msgs encoding -> (numpy dtype, channels) for the raw encodings we can read.
+RAW_ENCODINGS: Dict[str, Tuple[str, int]] = {
+    'rgb8': ('u1', 3), 'bgr8': ('u1', 3), 'rgba8': ('u1', 4), 'bgra8': ('u1', 4),
+    'mono8': ('u1', 1), 'mono16': ('u2', 1),
+    '8UC1': ('u1', 1), '8UC3': ('u1', 3), '8UC4': ('u1', 4), '16UC1': ('u2', 1),
+    'yuv422': ('u1', 2), 'uyvy': ('u1', 2), 'yuv422_yuy2': ('u1', 2), 'yuyv': ('u1', 2),
+}
+
+#: OpenCV-style encodings -> the camera encoding they mean for segmentation.
+CAMERA_ALIASES = {'8UC1': 'mono8', '8UC3': 'bgr8', '8UC4': 'bgra8'}
+
+
+class BagError(Exception):
+    """A bag that cannot be read as asked: the message says what is wrong and what to do."""
+
+
+@dataclass
+class Frame:
+    """One decoded image message.
+
+    :param index: position among the topic's messages (0-based, unreadable ones included).
+    :param stamp_ns: header stamp in nanoseconds (out-of-range ``nanosec`` carried over).
+    :param bag_time_ns: the bag's receive timestamp of the message.
+    :param frame_id: the header's frame_id.
+    :param image: ``HxW`` or ``HxWxC`` pixels.
+    :param encoding: sensor_msgs encoding of ``image`` (compressed input decodes to bgr8,
+        mono8 or mono16).
+    :param raw_format: a compressed message's ``format`` (empty for raw images).
+    :param raw: a compressed message's bytes, kept to forward them unchanged.
+    """
+
+    index: int
+    stamp_ns: int
+    bag_time_ns: int
+    frame_id: str
+    image: np.ndarray
+    encoding: str
+    raw_format: str = ''
+    raw: Optional[bytes] = None
+
+
+def stamp_to_ns(sec: int, nanosec: int) -> int:
+    """Return a ``builtin_interfaces/Time`` as nanoseconds, tolerating ``nanosec >= 1e9``."""
+    return int(sec) * NS + int(nanosec)
+
+
+def ns_to_stamp(ns: int) -> Tuple[int, int]:
+    """Return ``(sec, nanosec)`` with ``0 <= nanosec < 1e9`` for a time in nanoseconds."""
+    sec, nanosec = divmod(int(ns), NS)
+    return sec, nanosec
+
+
+def typestore():
+    """Return the rosbags type store for ROS 2 Kilted (built once)."""
+    global _TYPESTORE
+    if _TYPESTORE is None:
+        from rosbags.typesys import get_typestore, Stores
+        _TYPESTORE = get_typestore(Stores.ROS2_KILTED)
+    return _TYPESTORE
+
+
+_TYPESTORE = None
+
+
+def image_from_raw(msg) -> Tuple[np.ndarray, str]:
+    """Return the pixels and encoding of a ``sensor_msgs/Image`` (rosbags or rclpy message).
+
+    Row padding (``step``) is removed; 16-bit big-endian data is byte-swapped.
+
+    :raises BagError: for an unsupported encoding or data shorter than its header claims.
+    """
+    encoding = str(msg.encoding)
+    if encoding not in RAW_ENCODINGS:
+        raise BagError(f'unsupported image encoding {encoding!r}; readable encodings: '
+                       f'{", ".join(RAW_ENCODINGS)}')
+    dtype, channels = RAW_ENCODINGS[encoding]
+    height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    itemsize = np.dtype(dtype).itemsize
+    row = width * channels * itemsize
+    data = np.frombuffer(bytes(msg.data) if not isinstance(msg.data, np.ndarray)
+                         else msg.data, dtype=np.uint8)
+    if height == 0 or width == 0:
+        raise BagError(f'{encoding} image has zero size {width}x{height}')
+    if step < row or data.size < step * (height - 1) + row:
+        raise BagError(f'{encoding} image {width}x{height} (step {step}) needs '
+                       f'{step * height} bytes but carries {data.size}: truncated message')
+    if data.size < step * height:
+        data = np.concatenate([data, np.zeros(step * height - data.size, np.uint8)])
+    rows = data[:step * height].reshape(height, step)[:, :row]
+    order = '>' if (itemsize > 1 and msg.is_bigendian) else '<'
+    pixels = np.ascontiguousarray(rows).view(np.dtype(dtype).newbyteorder(order))
+    pixels = pixels.astype(dtype, copy=False).reshape(height, width, channels)
+    return (pixels[:, :, 0] if channels == 1 else pixels), encoding
+
+
+def image_from_compressed(msg) -> Tuple[np.ndarray, str]:
+    """Decode a ``sensor_msgs/CompressedImage`` (JPEG or PNG) to pixels and an encoding.
+
+    :returns: ``(bgr8 HxWx3 | mono8 HxW | mono16 HxW, encoding)``.
+    :raises BagError: when the data is not a decodable image.
+    """
+    data = np.frombuffer(bytes(msg.data) if not isinstance(msg.data, np.ndarray)
+                         else msg.data, dtype=np.uint8)
+    pixels = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if pixels is None:
+        raise BagError(f'compressed image (format {msg.format!r}, {data.size} bytes) '
+                       f'cannot be decoded as JPEG or PNG')
+    if pixels.ndim == 2:
+        return pixels, 'mono16' if pixels.dtype == np.uint16 else 'mono8'
+    if pixels.shape[2] == 4:
+        pixels = cv2.cvtColor(pixels, cv2.COLOR_BGRA2BGR)
+    if pixels.dtype != np.uint8:
+        pixels = (pixels >> 8).astype(np.uint8)
+    return pixels, 'bgr8'
+
+
+def decode_image(msgtype: str, msg) -> Tuple[np.ndarray, str]:
+    """Return pixels and encoding for an Image or CompressedImage message."""
+    if msgtype == COMPRESSED:
+        return image_from_compressed(msg)
+    return image_from_raw(msg)
+
+
+def camera_encoding(encoding: str) -> str:
+    """Return the encoding name the Segmenter knows for an image read from a bag."""
+    return CAMERA_ALIASES.get(encoding, encoding)
+
+
+def encoding_for(pixels: np.ndarray, encoding: Optional[str] = None) -> str:
+    """Return ``encoding`` or the natural one for ``pixels`` (mono8/mono16/rgb8/rgba8)."""
+    if encoding:
+        return encoding
+    if pixels.ndim == 2:
+        return 'mono16' if pixels.dtype == np.uint16 else 'mono8'
+    return {3: 'rgb8', 4: 'rgba8'}[pixels.shape[2]]
+
+
+class BagReader:
+    """Read image topics from a rosbag2 bag (folder, or a single ``.mcap`` / ``.db3`` file).
+
+    Every failure to open or to find a usable topic raises :class:`BagError` with one line
+    that lists the bag's topics and their types.
+
+    :param path: the bag.
+    """
+
+    def __init__(self, path):
+        from rosbags.rosbag2 import Reader
+        self.path = Path(path)
+        if not self.path.exists():
+            raise BagError(f'bag {self.path} does not exist')
+        try:
+            self._reader = Reader(self.path)
+            self._reader.open()
+        except Exception as exc:  # rosbags raises several types for broken bags
+            raise BagError(f'cannot open bag {self.path}: {_reason(exc)}; give a rosbag2 '
+                           f'folder (with metadata.yaml) or a .mcap / .db3 file') from None
+        #: problems met while reading (one line each), for the report.
+        self.errors: List[str] = []
+
+    def close(self) -> None:
+        """Close the bag's files."""
+        if self._reader is not None:
+            try:
+                self._reader.close()
+            except Exception:  # closing a damaged file must not hide the real error
+                pass
+            self._reader = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    @property
+    def topics(self) -> Dict[str, Tuple[str, int]]:
+        """Topic -> (message type, message count as the bag's metadata states it)."""
+        out = {}
+        for conn in self._reader.connections:
+            msgtype, count = out.get(conn.topic, (conn.msgtype, 0))
+            out[conn.topic] = (msgtype, count + int(conn.msgcount or 0))
+        return out
+
+    @property
+    def custom_data(self) -> Dict[str, str]:
+        """The bag's ``custom_data`` metadata (rosbag2 version 6+), or an empty dict."""
+        metadata = getattr(self._reader.storage, 'metadata', None)
+        custom = getattr(metadata, 'custom', None)
+        return dict(custom) if isinstance(custom, dict) else {}
+
+    def describe(self) -> str:
+        """Return the bag's topics and types on one line."""
+        topics = self.topics
+        if not topics:
+            return f'bag {self.path} has no topics'
+        listed = ', '.join(f'{name} ({msgtype}, {count} msgs)'
+                           for name, (msgtype, count) in sorted(topics.items()))
+        return f'bag {self.path} has: {listed}'
+
+    def check_topic(self, topic: str, role: str = 'image') -> str:
+        """Return the message type of ``topic``, which must carry images.
+
+        :raises BagError: naming the problem and listing the bag's topics and types.
+        """
+        topics = self.topics
+        if topic not in topics:
+            raise BagError(f'no {role} topic {topic!r}; {self.describe()}')
+        msgtype = topics[topic][0]
+        if msgtype not in IMAGE_TYPES:
+            raise BagError(f'{role} topic {topic} carries {msgtype}, not {IMAGE} or '
+                           f'{COMPRESSED}; {self.describe()}')
+        return msgtype
+
+    def count(self, topic: str) -> int:
+        """Message count of ``topic`` according to the metadata (may be wrong)."""
+        return self.topics.get(topic, ('', 0))[1]
+
+    def frames(self, topics) -> Iterator[Tuple[str, Frame]]:
+        """Yield ``(topic, Frame)`` for every readable message of ``topics``, in bag order.
+
+        A message that cannot be decoded is skipped and noted in :attr:`errors`; a storage
+        failure (truncated or corrupt file) ends the iteration and is noted too.
+        """
+        if isinstance(topics, str):
+            topics = [topics]
+        store = typestore()
+        wanted = [c for c in self._reader.connections if c.topic in topics]
+        if not wanted:
+            return
+        indices = {topic: 0 for topic in topics}
+        stream = self._reader.messages(connections=wanted)
+        while True:
+            try:
+                conn, bag_time, raw = next(stream)
+            except StopIteration:
+                return
+            except Exception as exc:  # sqlite / mcap errors on damaged files
+                self.errors.append(f'reading stopped early, the file is damaged: '
+                                   f'{_reason(exc)}')
+                return
+            index = indices[conn.topic]
+            indices[conn.topic] += 1
+            try:
+                msg = store.deserialize_cdr(raw, conn.msgtype)
+                pixels, encoding = decode_image(conn.msgtype, msg)
+                stamp = stamp_to_ns(msg.header.stamp.sec, msg.header.stamp.nanosec)
+            except Exception as exc:  # a lying or damaged message: skip it, say so
+                self.errors.append(f'{conn.topic} message {index} unreadable: {_reason(exc)}')
+                continue
+            frame = Frame(index, stamp, int(bag_time), str(msg.header.frame_id), pixels,
+                          encoding)
+            if conn.msgtype == COMPRESSED:
+                frame.raw_format, frame.raw = str(msg.format), bytes(msg.data)
+            yield conn.topic, frame
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f'{type(exc).__name__}: {text[0]}' if text else type(exc).__name__
+
+
+class BagWriter:
+    """Write image topics into a new rosbag2 bag; usable as a context manager.
+
+    :param path: the bag folder to create (must not exist).
+    :param storage: ``mcap`` or ``sqlite3``.
+    """
+
+    def __init__(self, path, storage: str = 'mcap'):
+        from rosbags.rosbag2 import StoragePlugin, Writer
+        if storage not in STORAGES:
+            raise BagError(f'unknown storage {storage!r}; choose {" or ".join(STORAGES)}')
+        self.path = Path(path)
+        if self.path.exists():
+            raise BagError(f'{self.path} exists already; choose another output path')
+        plugin = StoragePlugin.MCAP if storage == 'mcap' else StoragePlugin.SQLITE3
+        self._writer = Writer(self.path, version=9, storage_plugin=plugin)
+        self._writer.open()
+        self._connections: Dict[str, object] = {}
+        self._types: Dict[str, str] = {}
+        self.count = 0
+
+    def set_custom_data(self, key: str, value: str) -> None:
+        """Store a ``key: value`` string pair in the bag's metadata."""
+        self._writer.set_custom_data(key, value)
+
+    def add_topic(self, topic: str, msgtype: str = IMAGE) -> None:
+        """Declare an Image or CompressedImage topic."""
+        if msgtype not in IMAGE_TYPES:
+            raise BagError(f'cannot write {msgtype}; only {IMAGE} and {COMPRESSED}')
+        self._connections[topic] = self._writer.add_connection(
+            topic, msgtype, typestore=typestore())
+        self._types[topic] = msgtype
+
+    def _header(self, stamp_ns: int, frame_id: str):
+        store = typestore()
+        sec, nanosec = ns_to_stamp(stamp_ns)
+        time = store.types['builtin_interfaces/msg/Time'](sec=sec, nanosec=nanosec)
+        return store.types['std_msgs/msg/Header'](stamp=time, frame_id=frame_id)
+
+    def write_image(self, topic: str, pixels: np.ndarray, stamp_ns: int, frame_id: str,
+                    bag_time_ns: Optional[int] = None, encoding: Optional[str] = None) -> None:
+        """Write ``pixels`` as a ``sensor_msgs/Image`` (lossless).
+
+        :param encoding: sensor_msgs encoding; default mono8/mono16/rgb8/rgba8 by shape.
+        """
+        if topic not in self._connections:
+            self.add_topic(topic, IMAGE)
+        encoding = encoding_for(pixels, encoding)
+        pixels = np.ascontiguousarray(pixels)
+        if pixels.dtype == np.uint16:
+            pixels = pixels.astype('<u2')
+        height, width = pixels.shape[:2]
+        step = pixels[0].nbytes if height else 0
+        msg = typestore().types[IMAGE](
+            header=self._header(stamp_ns, frame_id), height=height, width=width,
+            encoding=encoding, is_bigendian=0, step=step,
+            data=pixels.reshape(-1).view(np.uint8))
+        self._write(topic, msg, IMAGE, stamp_ns if bag_time_ns is None else bag_time_ns)
+
+    def write_compressed(self, topic: str, data: bytes, fmt: str, stamp_ns: int,
+                         frame_id: str, bag_time_ns: Optional[int] = None) -> None:
+        """Write already encoded JPEG/PNG bytes as a ``sensor_msgs/CompressedImage``."""
+        if topic not in self._connections:
+            self.add_topic(topic, COMPRESSED)
+        msg = typestore().types[COMPRESSED](
+            header=self._header(stamp_ns, frame_id), format=fmt,
+            data=np.frombuffer(data, dtype=np.uint8))
+        self._write(topic, msg, COMPRESSED, stamp_ns if bag_time_ns is None else bag_time_ns)
+
+    def _write(self, topic, msg, msgtype, bag_time_ns):
+        if self._types[topic] != msgtype:
+            raise BagError(f'topic {topic} was declared {self._types[topic]}, not {msgtype}')
+        raw = typestore().serialize_cdr(msg, msgtype)
+        self._writer.write(self._connections[topic], int(bag_time_ns), raw)
+        self.count += 1
+
+    def close(self) -> None:
+        """Finish the bag (metadata.yaml written); safe to call twice."""
+        if self._writer is not None:
+            writer, self._writer = self._writer, None
+            writer.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
