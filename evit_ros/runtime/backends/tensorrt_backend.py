@@ -331,13 +331,26 @@ class TensorRTBuilder(EngineBuilder):
 
     def _export(self) -> bytes:
         try:
-            from evit_ros.runtime.export import export_onnx
+            from evit_ros.runtime.export import export_onnx, ExportError
         except ImportError as exc:
             raise EngineBuildError(f'tensorrt: ONNX export is unavailable ({exc})') from None
+        try:
+            import onnxruntime  # noqa: F401  (only to know whether the export can be checked)
+            check = True
+        except ImportError:
+            check = False
+            LOG.info('tensorrt: onnxruntime is not installed, so the ONNX export is not '
+                     'compared with PyTorch before the build')
         with tempfile.TemporaryDirectory(prefix='evit_ros_trt_') as tmp:
             path = os.path.join(tmp, 'model.onnx')
             LOG.info('tensorrt: exporting the model to ONNX at %dx%d', *self.input_size)
-            export_onnx(self.model, self.input_size, path)
+            try:
+                report = export_onnx(self.model, self.input_size, path, check=check)
+            except ExportError as exc:
+                raise EngineBuildError(f'tensorrt: {exc}') from None
+            if check:
+                LOG.info('tensorrt: ONNX export matches PyTorch (max |dlogit| %.2g)',
+                         report.max_abs_diff)
             return Path(path).read_bytes()
 
 
