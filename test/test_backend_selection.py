@@ -1,0 +1,164 @@
+"""Backend selection: ``auto``'s order and its one-line reasons, explicit names, options."""
+
+import importlib.util
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from evit_ros.model import create_model
+from evit_ros.runtime import BackendUnavailable, Segmenter
+from evit_ros.runtime.backends import Backend, selection
+from evit_ros.runtime.backends.selection import AUTO_ORDER, BACKENDS, create_backend
+from evit_ros.runtime.backends.torch_backend import TorchBackend
+
+SIZE = (64, 128)
+HAVE_ORT_BACKEND = importlib.util.find_spec(
+    'evit_ros.runtime.backends.onnxruntime_backend') is not None
+
+
+@pytest.fixture(scope='module')
+def model():
+    torch.manual_seed(0)
+    return create_model('b0-cityscapes')
+
+
+@pytest.fixture
+def runtime_log(caplog):
+    caplog.set_level(logging.INFO, logger='evit_ros.runtime')
+
+    def lines(level=logging.INFO):
+        return [r.getMessage() for r in caplog.records
+                if r.name == 'evit_ros.runtime' and r.levelno >= level]
+    return lines
+
+
+def skips(lines):
+    """Map 'name on device' -> reasons, from auto's skip lines."""
+    found = {}
+    for line in lines:
+        if line.startswith('auto: skipping '):
+            where, reason = line[len('auto: skipping '):].split(': ', 1)
+            found.setdefault(where, []).append(reason)
+    return found
+
+
+def test_auto_here_falls_back_to_the_cpu(model, runtime_log):
+    backend = create_backend('auto', model, SIZE, engine_dir='/nonexistent/engines')
+    expected = 'onnxruntime' if HAVE_ORT_BACKEND else 'torch'
+    assert (backend.name, backend.device, backend.precision) == (expected, 'cpu', 'fp32')
+    lines = runtime_log()
+    found = skips(lines)
+    # Exactly one line, with a reason, for each GPU candidate skipped on this machine.
+    assert {k: len(v) for k, v in found.items()} == {
+        'tensorrt on cuda': 1, 'onnxruntime on cuda': 1, 'torch on cuda': 1,
+        **({} if HAVE_ORT_BACKEND else {'onnxruntime on cpu': 1})}
+    assert found['tensorrt on cuda'][0].startswith(
+        "TensorRT not installed: install it from NVIDIA's JetPack / pip index")
+    assert found['torch on cuda'] == ['CUDA is not available on this machine']
+    assert len(found['onnxruntime on cuda'][0]) > 10
+    assert lines[-1] == f'backend: {expected} on cpu, fp32 (auto)'
+    # The chosen backend computes the model's logits.
+    x = np.random.default_rng(0).standard_normal((1, 3) + SIZE).astype(np.float32)
+    reference = TorchBackend(model, SIZE).infer(x)
+    assert float((backend.infer(x) - reference).abs().max()) < 1e-4
+
+
+def test_auto_on_the_cpu_says_when_it_runs_fp32(model, runtime_log):
+    backend = create_backend('auto', model, SIZE, precision='fp16')
+    assert backend.device == 'cpu' and backend.precision == 'fp32'
+    assert runtime_log()[-1].endswith('(auto; fp16 needs a GPU, fp32 on the CPU)')
+
+
+def test_segmenter_reports_the_backend_auto_chose(model):
+    segmenter = Segmenter(model, backend='auto', input_size=SIZE)
+    assert segmenter.backend_name == ('onnxruntime' if HAVE_ORT_BACKEND else 'torch')
+    assert (segmenter.backend.device, segmenter.backend.precision) == ('cpu', 'fp32')
+    label_map = segmenter.segment(np.zeros((48, 96, 3), np.uint8))
+    reference = Segmenter(model, backend='torch', input_size=SIZE)
+    np.testing.assert_array_equal(label_map, reference.segment(np.zeros((48, 96, 3),
+                                                                        np.uint8)))
+
+
+def test_explicit_tensorrt_is_unavailable_here(model, tmp_path):
+    with pytest.raises(BackendUnavailable, match='^tensorrt: TensorRT not installed: '):
+        create_backend('tensorrt', model, SIZE, device='cuda', precision='fp16',
+                       engine_dir=str(tmp_path))
+
+
+def test_unknown_names_and_options(model):
+    with pytest.raises(ValueError, match="unknown backend 'tensorflow'; choose one of "
+                                         'auto, tensorrt, onnxruntime, torch'):
+        create_backend('tensorflow', model, SIZE)
+    with pytest.raises(ValueError, match='unknown backend option'):
+        create_backend('torch', model, SIZE, workspace_mbb=10)
+    # One configuration serves every backend: TensorRT's options don't bother torch.
+    backend = create_backend('torch', model, SIZE, engine_dir='/x', workspace_mb=256,
+                             calib=None, threads=1)
+    assert backend.name == 'torch'
+
+
+class StandIn(Backend):
+    """Stands in for a GPU backend (TensorRT, ONNX Runtime CUDA): neither a GPU nor
+    TensorRT can exist on this machine, so auto's order is tested with these."""
+
+    name = 'stand-in'
+    fail = None
+
+    def __init__(self, model, input_size, device='cpu', precision='fp32', **options):
+        if self.fail is not None:
+            raise self.fail
+        super().__init__(input_size, device, precision)
+        self.options = options
+
+
+def stand_in(name, fail=None):
+    return type(f'StandIn_{name}', (StandIn,), {'name': name, 'fail': fail})
+
+
+def patch_classes(monkeypatch, classes):
+    real = selection.backend_class
+    monkeypatch.setattr(selection, 'backend_class',
+                        lambda name: classes[name] if name in classes else real(name))
+
+
+def test_auto_takes_tensorrt_first_when_it_works(model, monkeypatch, runtime_log):
+    patch_classes(monkeypatch, {'tensorrt': stand_in('tensorrt')})
+    backend = create_backend('auto', model, SIZE, device='cuda:1', precision='int8',
+                             calib='/data/calib', threads=2)
+    assert (backend.name, backend.device, backend.precision) == ('tensorrt', 'cuda:1', 'int8')
+    assert backend.options == {'calib': '/data/calib'}   # not torch's threads
+    assert skips(runtime_log()) == {}
+
+
+def test_auto_order_and_fallback_reasons(model, monkeypatch, runtime_log):
+    patch_classes(monkeypatch, {
+        'tensorrt': stand_in('tensorrt', RuntimeError('CUDA driver version is insufficient')),
+        'onnxruntime': stand_in('onnxruntime'),
+    })
+    backend = create_backend('auto', model, SIZE, precision='int8')
+    # A broken TensorRT is skipped with a warning; ONNX Runtime CUDA is next in line.
+    assert (backend.name, backend.device, backend.precision) == ('onnxruntime', 'cuda', 'fp16')
+    assert runtime_log(logging.WARNING) == [
+        'auto: skipping tensorrt on cuda: RuntimeError: CUDA driver version is insufficient']
+    assert runtime_log()[-1] == 'backend: onnxruntime on cuda, fp16 (auto; int8 needs ' \
+                                'TensorRT, fp16 instead)'
+    assert [name for name, _ in AUTO_ORDER] == ['tensorrt', 'onnxruntime', 'torch',
+                                                'onnxruntime', 'torch']
+
+
+def test_auto_with_nothing_working_says_why_for_each(model, monkeypatch):
+    patch_classes(monkeypatch, {name: stand_in(name, BackendUnavailable(f'{name}: no'))
+                                for name in BACKENDS[1:]})
+    with pytest.raises(BackendUnavailable) as info:
+        create_backend('auto', model, SIZE)
+    assert str(info.value) == (
+        'auto: no backend works here: tensorrt on cuda: no; onnxruntime on cuda: no; '
+        'torch on cuda: no; onnxruntime on cpu: no; torch on cpu: no')
+
+
+def test_auto_does_not_hide_bad_settings(model, monkeypatch):
+    patch_classes(monkeypatch, {'tensorrt': stand_in('tensorrt', ValueError('bad size'))})
+    with pytest.raises(ValueError, match='bad size'):
+        create_backend('auto', model, SIZE)
