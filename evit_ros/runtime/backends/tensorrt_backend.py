@@ -187,9 +187,13 @@ def pin_attention_fp32(trt, network, config) -> int:
                    if layer.get_output(i).dtype == trt.float32]
         if not outputs:
             continue  # shape arithmetic: no float precision to choose
-        layer.precision = trt.float32
-        for i in outputs:
-            layer.set_output_type(i, trt.float32)
+        try:
+            layer.precision = trt.float32
+            for i in outputs:
+                layer.set_output_type(i, trt.float32)
+        except Exception as exc:  # a layer kind that takes no precision: leave it to TensorRT
+            LOG.debug('tensorrt: cannot pin %s to fp32: %s', layer.name, exc)
+            continue
         pinned += 1
     flag = getattr(trt.BuilderFlag, 'OBEY_PRECISION_CONSTRAINTS', None)
     config.set_flag(flag if flag is not None else trt.BuilderFlag.STRICT_TYPES)
@@ -283,7 +287,7 @@ class TensorRTBuilder(EngineBuilder):
         config = builder.create_builder_config()
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, self.workspace_mb << 20)
         if self.precision in ('fp16', 'int8'):
-            if not builder.platform_has_fast_fp16:
+            if not getattr(builder, 'platform_has_fast_fp16', True):
                 LOG.warning('tensorrt: this GPU has no fast fp16; %s may be slow',
                             self.precision)
             config.set_flag(trt.BuilderFlag.FP16)
