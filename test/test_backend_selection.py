@@ -18,6 +18,17 @@ HAVE_ORT_BACKEND = importlib.util.find_spec(
     'evit_ros.runtime.backends.onnxruntime_backend') is not None
 
 
+NO_GPU_HERE = pytest.mark.skipif(
+    torch.cuda.is_available() or importlib.util.find_spec('tensorrt') is not None,
+    reason='checks the fallback of a machine without GPU and TensorRT')
+
+
+@pytest.fixture(autouse=True)
+def private_engine_dir(tmp_path, monkeypatch):
+    """Keep any engine a test might build out of the package's engines/ folder."""
+    monkeypatch.setenv('EVIT_ROS_ENGINE_DIR', str(tmp_path / 'engines'))
+
+
 @pytest.fixture(scope='module')
 def model():
     torch.manual_seed(0)
@@ -44,6 +55,7 @@ def skips(lines):
     return found
 
 
+@NO_GPU_HERE
 def test_auto_here_falls_back_to_the_cpu(model, runtime_log):
     backend = create_backend('auto', model, SIZE, engine_dir='/nonexistent/engines')
     expected = 'onnxruntime' if HAVE_ORT_BACKEND else 'torch'
@@ -65,12 +77,14 @@ def test_auto_here_falls_back_to_the_cpu(model, runtime_log):
     assert float((backend.infer(x) - reference).abs().max()) < 1e-4
 
 
+@NO_GPU_HERE
 def test_auto_on_the_cpu_says_when_it_runs_fp32(model, runtime_log):
     backend = create_backend('auto', model, SIZE, precision='fp16')
     assert backend.device == 'cpu' and backend.precision == 'fp32'
     assert runtime_log()[-1].endswith('(auto; fp16 needs a GPU, fp32 on the CPU)')
 
 
+@NO_GPU_HERE
 def test_segmenter_reports_the_backend_auto_chose(model):
     segmenter = Segmenter(model, backend='auto', input_size=SIZE)
     assert segmenter.backend_name == ('onnxruntime' if HAVE_ORT_BACKEND else 'torch')
@@ -81,6 +95,7 @@ def test_segmenter_reports_the_backend_auto_chose(model):
                                                                         np.uint8)))
 
 
+@NO_GPU_HERE
 def test_explicit_tensorrt_is_unavailable_here(model, tmp_path):
     with pytest.raises(BackendUnavailable, match='^tensorrt: TensorRT not installed: '):
         create_backend('tensorrt', model, SIZE, device='cuda', precision='fp16',
