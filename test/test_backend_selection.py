@@ -81,6 +81,8 @@ def test_auto_here_falls_back_to_the_cpu(model, runtime_log):
 def test_auto_on_the_cpu_says_when_it_runs_fp32(model, runtime_log):
     backend = create_backend('auto', model, SIZE, precision='fp16')
     assert backend.device == 'cpu' and backend.precision == 'fp32'
+    assert skips(runtime_log())['onnxruntime on cuda'] == [
+        'it has no fp16 (TensorRT or torch do); fp16 was asked for']
     assert runtime_log()[-1].endswith('(auto; fp16 needs a GPU, fp32 on the CPU)')
 
 
@@ -121,11 +123,12 @@ class StandIn(Backend):
     name = 'stand-in'
     fail = None
 
-    def __init__(self, model, input_size, device='cpu', precision='fp32', **options):
+    def __init__(self, model, input_size, device='cpu', precision='fp32', calib=None,
+                 engine_dir=None):
         if self.fail is not None:
             raise self.fail
         super().__init__(input_size, device, precision)
-        self.options = options
+        self.options = {'calib': calib, 'engine_dir': engine_dir}
 
 
 def stand_in(name, fail=None):
@@ -141,9 +144,10 @@ def patch_classes(monkeypatch, classes):
 def test_auto_takes_tensorrt_first_when_it_works(model, monkeypatch, runtime_log):
     patch_classes(monkeypatch, {'tensorrt': stand_in('tensorrt')})
     backend = create_backend('auto', model, SIZE, device='cuda:1', precision='int8',
-                             calib='/data/calib', threads=2)
+                             calib='/data/calib', threads=2, engine_dir='/e')
     assert (backend.name, backend.device, backend.precision) == ('tensorrt', 'cuda:1', 'int8')
-    assert backend.options == {'calib': '/data/calib'}   # not torch's threads
+    # Each backend gets the options it names; threads (torch's, onnxruntime's) is not one.
+    assert backend.options == {'calib': '/data/calib', 'engine_dir': '/e'}
     assert skips(runtime_log()) == {}
 
 
@@ -152,15 +156,29 @@ def test_auto_order_and_fallback_reasons(model, monkeypatch, runtime_log):
         'tensorrt': stand_in('tensorrt', RuntimeError('CUDA driver version is insufficient')),
         'onnxruntime': stand_in('onnxruntime'),
     })
-    backend = create_backend('auto', model, SIZE, precision='int8')
+    backend = create_backend('auto', model, SIZE)
     # A broken TensorRT is skipped with a warning; ONNX Runtime CUDA is next in line.
-    assert (backend.name, backend.device, backend.precision) == ('onnxruntime', 'cuda', 'fp16')
+    assert (backend.name, backend.device, backend.precision) == ('onnxruntime', 'cuda', 'fp32')
     assert runtime_log(logging.WARNING) == [
         'auto: skipping tensorrt on cuda: RuntimeError: CUDA driver version is insufficient']
-    assert runtime_log()[-1] == 'backend: onnxruntime on cuda, fp16 (auto; int8 needs ' \
-                                'TensorRT, fp16 instead)'
+    assert runtime_log()[-1] == 'backend: onnxruntime on cuda, fp32 (auto)'
     assert [name for name, _ in AUTO_ORDER] == ['tensorrt', 'onnxruntime', 'torch',
                                                 'onnxruntime', 'torch']
+
+
+def test_auto_skips_candidates_without_the_precision(model, monkeypatch, runtime_log):
+    patch_classes(monkeypatch, {
+        'tensorrt': stand_in('tensorrt', BackendUnavailable('tensorrt: not here')),
+        'onnxruntime': stand_in('onnxruntime'),
+        'torch': stand_in('torch'),
+    })
+    backend = create_backend('auto', model, SIZE, precision='int8')
+    assert (backend.name, backend.device, backend.precision) == ('torch', 'cuda', 'fp16')
+    assert skips(runtime_log()) == {
+        'tensorrt on cuda': ['not here'],
+        'onnxruntime on cuda': ['its int8 runs on the CPU only; int8 was asked for']}
+    assert runtime_log()[-1] == ('backend: torch on cuda, fp16 (auto; int8 needs TensorRT, '
+                                 'fp16 instead)')
 
 
 def test_auto_with_nothing_working_says_why_for_each(model, monkeypatch):
@@ -173,7 +191,12 @@ def test_auto_with_nothing_working_says_why_for_each(model, monkeypatch):
         'torch on cuda: no; onnxruntime on cpu: no; torch on cpu: no')
 
 
-def test_auto_does_not_hide_bad_settings(model, monkeypatch):
-    patch_classes(monkeypatch, {'tensorrt': stand_in('tensorrt', ValueError('bad size'))})
-    with pytest.raises(ValueError, match='bad size'):
+def test_auto_skips_a_backend_refusing_a_setting(model, monkeypatch, runtime_log):
+    patch_classes(monkeypatch, {'tensorrt': stand_in('tensorrt', ValueError('bad calib'))})
+    backend = create_backend('auto', model, SIZE)
+    assert backend.device == 'cpu'
+    assert runtime_log(logging.WARNING) == ['auto: skipping tensorrt on cuda: ValueError: '
+                                            'bad calib']
+    patch_classes(monkeypatch, {'tensorrt': stand_in('tensorrt', TypeError('a bug'))})
+    with pytest.raises(TypeError, match='a bug'):
         create_backend('auto', model, SIZE)

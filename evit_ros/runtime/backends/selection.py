@@ -9,7 +9,7 @@ always tells which backend, device and precision run.
 import importlib
 import inspect
 import logging
-from typing import Dict, Set, Tuple
+from typing import Dict, Optional, Set, Tuple
 
 from torch import nn
 
@@ -29,8 +29,16 @@ _CLASSES = {
 }
 # Arguments every backend gets positionally or by name, never as options.
 _COMMON = {'self', 'model', 'input_size', 'device', 'precision'}
-# Precisions that only make sense on a GPU (or only under TensorRT).
-_GPU_ONLY = ('fp16', 'int8')
+# What each auto candidate runs for a requested precision: (precision, note), or
+# (None, why it is skipped). Missing entries run the requested precision as it is.
+_AUTO_PRECISION = {
+    ('onnxruntime', 'cuda'): {'fp16': (None, 'it has no fp16 (TensorRT or torch do)'),
+                              'int8': (None, 'its int8 runs on the CPU only')},
+    ('torch', 'cuda'): {'int8': ('fp16', 'int8 needs TensorRT, fp16 instead')},
+    ('onnxruntime', 'cpu'): {'fp16': ('fp32', 'fp16 needs a GPU, fp32 on the CPU')},
+    ('torch', 'cpu'): {'fp16': ('fp32', 'fp16 needs a GPU, fp32 on the CPU'),
+                       'int8': ('fp32', 'int8 needs TensorRT or onnxruntime, fp32 instead')},
+}
 
 
 def backend_class(name: str) -> type:
@@ -51,7 +59,8 @@ def create_backend(name: str, model: nn.Module, input_size: Tuple[int, int],
 
     :param name: one of :data:`BACKENDS`. ``auto`` takes the first of :data:`AUTO_ORDER`
         that works; there ``device`` only picks the GPU (``cuda:1``) for CUDA candidates,
-        and CPU candidates run fp32 when fp16/int8 was asked for (the log line says so).
+        candidates without the requested precision are skipped, and CPU candidates run
+        fp32 when fp16 was asked for (the log line says so).
     :param options: backend options (``threads``, ``engine_dir``, ``workspace_mb``,
         ``calib``, ...); each backend receives those it takes.
     :raises BackendUnavailable: when that backend (for ``auto``: every one) cannot run here,
@@ -75,17 +84,19 @@ def _auto(model: nn.Module, input_size, device: str, precision: str, options) ->
     reasons = []
     for name, kind in AUTO_ORDER:
         where = gpu if kind == 'cuda' else 'cpu'
-        wanted, note = _auto_precision(name, kind, precision)
+        wanted, note = _auto_precision(name, kind, precision, options)
         try:
+            if wanted is None:
+                raise BackendUnavailable(f'{note}; {precision} was asked for')
             cls = backend_class(name)
             backend = cls(model, input_size, device=where, precision=wanted,
                           **_options_for(name, cls, options, strict=False))
         except BackendUnavailable as exc:
             reason = _without_prefix(str(exc), name)
             LOG.info('auto: skipping %s on %s: %s', name, where, reason)
-        except (ValueError, TypeError):
-            raise  # a bad setting, the same for every backend: report it, don't hide it
-        except Exception as exc:  # a broken install or driver: note it and fall back
+        except TypeError:
+            raise  # a programming error, not a property of this machine
+        except Exception as exc:  # a broken install or driver, a setting it refuses
             reason = f'{type(exc).__name__}: {_without_prefix(str(exc), name)}'
             LOG.warning('auto: skipping %s on %s: %s', name, where, reason)
         else:
@@ -96,13 +107,13 @@ def _auto(model: nn.Module, input_size, device: str, precision: str, options) ->
     raise BackendUnavailable('auto: no backend works here: ' + '; '.join(reasons))
 
 
-def _auto_precision(name: str, kind: str, precision: str) -> Tuple[str, str]:
-    """Return the precision ``auto`` asks of a candidate, and a note when it differs."""
-    if kind == 'cpu' and precision in _GPU_ONLY:
-        return 'fp32', f'{precision} needs a GPU, fp32 on the CPU'
-    if name != 'tensorrt' and precision == 'int8':
-        return 'fp16', 'int8 needs TensorRT, fp16 instead'
-    return precision, ''
+def _auto_precision(name: str, kind: str, precision: str, options: dict
+                    ) -> Tuple[Optional[str], str]:
+    """Return the precision ``auto`` asks of a candidate (``None``: skip it) and a note."""
+    if (name, kind) == ('onnxruntime', 'cpu') and precision == 'int8' \
+            and not options.get('calib'):
+        return 'fp32', 'int8 needs calibration data (calib), fp32 instead'
+    return _AUTO_PRECISION.get((name, kind), {}).get(precision, (precision, ''))
 
 
 def _without_prefix(text: str, name: str) -> str:
