@@ -376,6 +376,9 @@ class TensorRTBackend(Backend):
     """
 
     name = 'tensorrt'
+    #: logits come back to host memory, so the Segmenter labels them with the fast
+    #: CPU path (:func:`evit_ros.runtime.bicubic.bicubic_argmax`).
+    postprocess = 'fast'
 
     def __init__(self, model: nn.Module, input_size: Tuple[int, int], device: str = 'cuda',
                  precision: str = 'fp32', engine_dir: Optional[str] = None,
