@@ -158,9 +158,79 @@ def encoding_for(pixels: np.ndarray, encoding: Optional[str] = None) -> str:
     return {3: 'rgb8', 4: 'rgba8'}[pixels.shape[2]]
 
 
+class _Storage:
+    """One storage file (or a whole bag folder) and how to read its messages."""
+
+    def __init__(self, connections, messages, salvaged: bool = False, closer=None):
+        self.connections = list(connections)
+        self.messages = messages
+        self.salvaged = salvaged
+        self._closer = closer
+
+    def close(self):
+        if self._closer:
+            try:
+                self._closer()
+            except Exception:  # closing a damaged file must not hide the real error
+                pass
+
+
+def _open_file(path: Path, errors: List[str]) -> _Storage:
+    """Open one ``.mcap`` / ``.db3`` file with rosbags, salvaging a truncated MCAP.
+
+    :raises BagError: when the file cannot be read at all.
+    """
+    from rosbags.rosbag2 import Reader
+    try:
+        reader = Reader(path)
+        reader.open()
+        return _Storage(reader.connections,
+                        lambda conns: reader.messages(connections=conns),
+                        closer=reader.close)
+    except Exception as exc:  # rosbags raises several types for broken files
+        reason = _reason(exc)
+    salvaged = None
+    if path.suffix == '.mcap':
+        from evit_ros.eval.mcap_salvage import McapSalvage
+        try:
+            salvaged = McapSalvage(path)
+        except (OSError, ValueError):
+            salvaged = None
+    if salvaged is None or not salvaged.channels:
+        raise BagError(f'cannot read {path}: {reason}')
+    errors.append(f'{path.name} is damaged ({reason}); read the '
+                  f'{sum(c.msgcount for c in salvaged.channels)} messages before the damage')
+    return _Storage(salvaged.channels, salvaged.messages, salvaged=True)
+
+
+def _read_metadata(folder: Path) -> Dict:
+    """Return ``rosbag2_bagfile_information`` from ``metadata.yaml``, or ``{}``."""
+    import yaml
+    try:
+        data = yaml.safe_load((folder / 'metadata.yaml').read_text())
+        info = data.get('rosbag2_bagfile_information', {})
+        return info if isinstance(info, dict) else {}
+    except (OSError, ValueError, AttributeError, yaml.YAMLError):
+        return {}
+
+
+def _metadata_topics(info: Dict) -> Dict[str, Tuple[str, int]]:
+    topics = {}
+    for item in info.get('topics_with_message_count') or []:
+        try:
+            meta = item['topic_metadata']
+            topics[str(meta['name'])] = (str(meta['type']), int(item.get('message_count', 0)))
+        except (KeyError, TypeError, ValueError):
+            continue
+    return topics
+
+
 class BagReader:
     """Read image topics from a rosbag2 bag (folder, or a single ``.mcap`` / ``.db3`` file).
 
+    Topics and types come from the storage files themselves, so a ``metadata.yaml`` that
+    disagrees with them (wrong type, wrong counts, missing topics) is noted in
+    :attr:`errors` rather than believed. An MCAP file cut short is read up to the damage.
     Every failure to open or to find a usable topic raises :class:`BagError` with one line
     that lists the bag's topics and their types.
 
@@ -168,27 +238,78 @@ class BagReader:
     """
 
     def __init__(self, path):
-        from rosbags.rosbag2 import Reader
         self.path = Path(path)
+        #: problems met while opening and reading (one line each), for the report.
+        self.errors: List[str] = []
+        self._storages: List[_Storage] = []
+        self._metadata: Dict = {}
         if not self.path.exists():
             raise BagError(f'bag {self.path} does not exist')
-        try:
-            self._reader = Reader(self.path)
-            self._reader.open()
-        except Exception as exc:  # rosbags raises several types for broken bags
-            raise BagError(f'cannot open bag {self.path}: {_reason(exc)}; give a rosbag2 '
-                           f'folder (with metadata.yaml) or a .mcap / .db3 file') from None
-        #: problems met while reading (one line each), for the report.
-        self.errors: List[str] = []
+        if self.path.is_dir():
+            self._open_folder()
+        else:
+            self._storages.append(_open_file(self.path, self.errors))
+
+    def _open_folder(self) -> None:
+        from rosbags.rosbag2 import Reader
+        self._metadata = _read_metadata(self.path)
+        meta_topics = _metadata_topics(self._metadata)
+        listed = [self.path / str(p) for p in self._metadata.get('relative_file_paths') or []]
+        files = [p for p in listed if p.is_file()] or sorted(
+            p for p in self.path.iterdir() if p.suffix in ('.mcap', '.db3'))
+        if not (self.path / 'metadata.yaml').is_file():
+            if not files:
+                raise BagError(f'{self.path} is not a rosbag2 bag: no metadata.yaml and no '
+                               f'.mcap / .db3 file')
+            self.errors.append(f'{self.path} has no metadata.yaml; reading the storage files')
+        if self._metadata.get('compression_format') or not files:
+            # File-compressed bags (.zstd): let rosbags decompress through the metadata.
+            try:
+                reader = Reader(self.path)
+                reader.open()
+            except Exception as exc:  # rosbags raises several types for broken bags
+                raise BagError(f'cannot open bag {self.path}: {_reason(exc)}'
+                               f'{self._listing(meta_topics)}') from None
+            self._storages.append(_Storage(
+                reader.connections, lambda conns: reader.messages(connections=conns),
+                closer=reader.close))
+            return
+        for path in files:
+            try:
+                self._storages.append(_open_file(path, self.errors))
+            except BagError as exc:
+                self.close()
+                raise BagError(f'cannot open bag {self.path}: {exc}'
+                               f'{self._listing(meta_topics)}') from None
+        self._check_metadata(meta_topics)
+
+    @staticmethod
+    def _listing(meta_topics) -> str:
+        if not meta_topics:
+            return '; it lists no topics'
+        listed = ', '.join(f'{name} ({msgtype}, {count} msgs)'
+                           for name, (msgtype, count) in sorted(meta_topics.items()))
+        return f'; its metadata.yaml lists: {listed}'
+
+    def _check_metadata(self, meta_topics) -> None:
+        actual = self.topics
+        salvaged = any(s.salvaged for s in self._storages)
+        for name, (msgtype, count) in sorted(meta_topics.items()):
+            if name not in actual:
+                self.errors.append(f'metadata.yaml lists {name} ({msgtype}) but the bag '
+                                   f'files do not hold it')
+            elif actual[name][0] != msgtype:
+                self.errors.append(f'metadata.yaml says {name} is {msgtype}, the bag files '
+                                   f'hold {actual[name][0]}')
+            elif actual[name][1] != count and not salvaged:
+                self.errors.append(f'metadata.yaml says {name} has {count} messages, the '
+                                   f'bag files hold {actual[name][1]}')
 
     def close(self) -> None:
         """Close the bag's files."""
-        if self._reader is not None:
-            try:
-                self._reader.close()
-            except Exception:  # closing a damaged file must not hide the real error
-                pass
-            self._reader = None
+        for storage in self._storages:
+            storage.close()
+        self._storages = []
 
     def __enter__(self):
         return self
@@ -198,19 +319,19 @@ class BagReader:
 
     @property
     def topics(self) -> Dict[str, Tuple[str, int]]:
-        """Topic -> (message type, message count as the bag's metadata states it)."""
+        """Topic -> (message type, message count), as the storage files state them."""
         out = {}
-        for conn in self._reader.connections:
-            msgtype, count = out.get(conn.topic, (conn.msgtype, 0))
-            out[conn.topic] = (msgtype, count + int(conn.msgcount or 0))
+        for storage in self._storages:
+            for conn in storage.connections:
+                msgtype, count = out.get(conn.topic, (conn.msgtype, 0))
+                out[conn.topic] = (msgtype, count + int(conn.msgcount or 0))
         return out
 
     @property
     def custom_data(self) -> Dict[str, str]:
         """The bag's ``custom_data`` metadata (rosbag2 version 6+), or an empty dict."""
-        metadata = getattr(self._reader.storage, 'metadata', None)
-        custom = getattr(metadata, 'custom', None)
-        return dict(custom) if isinstance(custom, dict) else {}
+        custom = self._metadata.get('custom_data')
+        return {str(k): str(v) for k, v in custom.items()} if isinstance(custom, dict) else {}
 
     def describe(self) -> str:
         """Return the bag's topics and types on one line."""
@@ -236,46 +357,48 @@ class BagReader:
         return msgtype
 
     def count(self, topic: str) -> int:
-        """Message count of ``topic`` according to the metadata (may be wrong)."""
+        """Message count of ``topic`` (0 when unknown, e.g. in a salvaged file)."""
         return self.topics.get(topic, ('', 0))[1]
 
     def frames(self, topics) -> Iterator[Tuple[str, Frame]]:
         """Yield ``(topic, Frame)`` for every readable message of ``topics``, in bag order.
 
         A message that cannot be decoded is skipped and noted in :attr:`errors`; a storage
-        failure (truncated or corrupt file) ends the iteration and is noted too.
+        failure (truncated or corrupt file) ends that file and is noted too.
         """
         if isinstance(topics, str):
             topics = [topics]
         store = typestore()
-        wanted = [c for c in self._reader.connections if c.topic in topics]
-        if not wanted:
-            return
         indices = {topic: 0 for topic in topics}
-        stream = self._reader.messages(connections=wanted)
-        while True:
-            try:
-                conn, bag_time, raw = next(stream)
-            except StopIteration:
-                return
-            except Exception as exc:  # sqlite / mcap errors on damaged files
-                self.errors.append(f'reading stopped early, the file is damaged: '
-                                   f'{_reason(exc)}')
-                return
-            index = indices[conn.topic]
-            indices[conn.topic] += 1
-            try:
-                msg = store.deserialize_cdr(raw, conn.msgtype)
-                pixels, encoding = decode_image(conn.msgtype, msg)
-                stamp = stamp_to_ns(msg.header.stamp.sec, msg.header.stamp.nanosec)
-            except Exception as exc:  # a lying or damaged message: skip it, say so
-                self.errors.append(f'{conn.topic} message {index} unreadable: {_reason(exc)}')
+        for storage in self._storages:
+            wanted = [c for c in storage.connections if c.topic in topics]
+            if not wanted:
                 continue
-            frame = Frame(index, stamp, int(bag_time), str(msg.header.frame_id), pixels,
-                          encoding)
-            if conn.msgtype == COMPRESSED:
-                frame.raw_format, frame.raw = str(msg.format), bytes(msg.data)
-            yield conn.topic, frame
+            stream = storage.messages(wanted)
+            while True:
+                try:
+                    conn, bag_time, raw = next(stream)
+                except StopIteration:
+                    break
+                except Exception as exc:  # sqlite / mcap errors on damaged files
+                    self.errors.append(f'reading stopped early, the file is damaged: '
+                                       f'{_reason(exc)}')
+                    break
+                index = indices[conn.topic]
+                indices[conn.topic] += 1
+                try:
+                    msg = store.deserialize_cdr(raw, conn.msgtype)
+                    pixels, encoding = decode_image(conn.msgtype, msg)
+                    stamp = stamp_to_ns(msg.header.stamp.sec, msg.header.stamp.nanosec)
+                except Exception as exc:  # a lying or damaged message: skip it, say so
+                    self.errors.append(f'{conn.topic} message {index} unreadable: '
+                                       f'{_reason(exc)}')
+                    continue
+                frame = Frame(index, stamp, int(bag_time), str(msg.header.frame_id), pixels,
+                              encoding)
+                if conn.msgtype == COMPRESSED:
+                    frame.raw_format, frame.raw = str(msg.format), bytes(msg.data)
+                yield conn.topic, frame
 
 
 def _reason(exc: BaseException) -> str:

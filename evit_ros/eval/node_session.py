@@ -58,8 +58,8 @@ def large_image_environment(environ: Dict[str, str]) -> Dict[str, str]:
         path = str(fastdds_profile())
     except (ImportError, FileNotFoundError):
         return env
-    for name in PROFILE_VARIABLES:
-        env[name] = path
+    # Only the current name: Fast DDS warns that FASTRTPS_DEFAULT_PROFILES_FILE is deprecated.
+    env[PROFILE_VARIABLES[0]] = path
     return env
 
 
@@ -97,7 +97,8 @@ class NodeSession:
 
     def _start_node(self, parameters: Dict[str, object]) -> None:
         args = [sys.executable, '-m', 'evit_ros.ros.segmentation_node', '--ros-args',
-                '-p', 'use_sim_time:=true']
+                '-p', 'use_sim_time:=true',
+                '-p', f'input_transport:={"compressed" if self.compressed else "raw"}']
         for name, value in parameters.items():
             if isinstance(value, bool):
                 value = 'true' if value else 'false'
@@ -130,10 +131,9 @@ class NodeSession:
                                                       image_qos)
         self._clock_pub = self._node.create_publisher(Clock, '/clock', 10)
         self._clock_type = Clock
-        # Best effort matches the node's outputs whatever their reliability; depth covers
-        # every frame that can be in flight.
+        # The node publishes reliable keep-last; the depth covers every frame in flight.
         out_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100,
-                             reliability=ReliabilityPolicy.BEST_EFFORT)
+                             reliability=ReliabilityPolicy.RELIABLE)
         self._node.create_subscription(Image, LABEL_TOPIC, self._on_label_map, out_qos)
         self._node.create_subscription(DiagnosticArray, DIAGNOSTICS_TOPIC,
                                        self._on_diagnostics, 10)
