@@ -159,7 +159,6 @@ def write_bag(frames: Iterable[Tuple[str, np.ndarray, Optional[np.ndarray]]], ou
     if not topic.startswith('/'):
         topic = '/' + topic
     start = int(time.time()) * NS if start_ns is None else int(start_ns)
-    period = int(round(NS / rate))
     gt_topic = label_topic(topic)
     count = labelled = 0
     bag = BagWriter(out, storage)
@@ -168,7 +167,7 @@ def write_bag(frames: Iterable[Tuple[str, np.ndarray, Optional[np.ndarray]]], ou
         for name, bgr, label in frames:
             if bgr is None or bgr.ndim != 3 or bgr.shape[2] != 3 or bgr.dtype != np.uint8:
                 raise BagError(f'{name}: expected an 8-bit colour image')
-            stamp = start + count * period
+            stamp = start + int(round(count * NS / rate))
             if encoding in ('jpeg', 'png'):
                 params = [cv2.IMWRITE_JPEG_QUALITY, 95] if encoding == 'jpeg' else []
                 ok, data = cv2.imencode('.' + ('jpg' if encoding == 'jpeg' else 'png'), bgr,

@@ -30,9 +30,9 @@ def plot_per_class_iou(path: Path, per_class: Dict[str, Optional[float]],
     if miou is not None:
         ax.axvline(miou * 100, color='#c44e52', linestyle='--', label=f'mIoU {miou * 100:.1f}')
         ax.legend(loc='lower right', fontsize=8)
-    else:
-        ax.text(50, 0.5, 'no ground truth: accuracy not scored', ha='center',
-                transform=ax.transData if names else ax.transAxes)
+    elif not names:
+        ax.text(0.5, 0.5, 'no ground truth: accuracy not scored', ha='center',
+                transform=ax.transAxes)
     ax.set_xlim(0, 105)
     ax.set_xlabel('IoU (%)')
     ax.set_title('Per-class IoU')

@@ -426,6 +426,13 @@ def _typical_ms(values: List[float]) -> float:
     return float(np.median(values)) if values else 1000.0
 
 
+def _remove_outputs(out: Path, created: bool) -> None:
+    """Undo :func:`prepare_output` after a run that never started."""
+    prepare_output(out, force=True)
+    if created and not any(out.iterdir()):
+        out.rmdir()
+
+
 def _check_options(options: ReplayOptions) -> None:
     from evit_ros.model import check_input_size, get_entry
     from evit_ros.model.registry import UnknownModelError
@@ -464,6 +471,7 @@ def replay(options: ReplayOptions) -> Dict[str, object]:
         prepare_output(options.out, False)  # raises the one-line refusal before any work
     run = Run(options)
     failure: Optional[ReplayError] = None
+    created = not Path(options.out).exists()
     try:
         if options.mode == 'offline':
             run.segmenter = make_segmenter(options)
@@ -488,6 +496,7 @@ def replay(options: ReplayOptions) -> Dict[str, object]:
             if progress:
                 progress.close()
     if failure is not None and run.frames == 0:
+        _remove_outputs(Path(options.out), created)
         raise failure
     from evit_ros.eval.report import build_report, write_report
     report = build_report(run, interrupted=stop.signum, error=str(failure) if failure else None)
