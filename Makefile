@@ -24,3 +24,14 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
+
+# The main job: a short bag (a generated street scene, or IMAGES=dir [LABELS=dir
+# LABEL_FORMAT=camvid|cityscapes|trainid], or BAG=bag TOPIC=topic) replayed through the real
+# segmentation_node over DDS; prints latency / throughput and where the report went (OUT).
+# The b0-cityscapes weights come from EVIT_ROS_WEIGHTS_DIR, the cache, or are fetched.
+DEMO_ARGS = $(if $(BAG),--bag "$(BAG)" --topic "$(TOPIC)") $(if $(IMAGES),--images "$(IMAGES)") \
+	$(if $(LABELS),--labels "$(LABELS)" --label-format "$(LABEL_FORMAT)") \
+	$(if $(FRAMES),--frames $(FRAMES)) $(if $(OUT),--out "$(OUT)")
+
+demo: $(STAMP)
+	$(VENV)/bin/evit-ros demo $(strip $(DEMO_ARGS))
