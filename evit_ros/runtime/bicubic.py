@@ -77,7 +77,7 @@ class _AxisPlan:
         slot = np.arange(n_out) - starts[group]
         padded = np.zeros((self.groups, self.size, 4))
         padded[group, slot] = weights
-        self.weights = torch.from_numpy(padded.astype(np.float32))
+        self.weights = padded.astype(np.float32)
         negative = np.zeros(self.groups)
         np.maximum.at(negative, group, np.clip(-weights, 0, None).sum(axis=1))
         self.negative = negative
@@ -100,67 +100,83 @@ def bicubic_argmax(logits, size: Tuple[int, int]) -> np.ndarray:
     """Return the argmax over classes of ``logits`` bicubically resized to ``size``.
 
     Equivalent to ``F.interpolate(logits, size, mode='bicubic').argmax(1)[0]`` up to
-    float rounding at exact ties, at a fraction of its cost.
+    float rounding at exact ties, at a fraction of its cost. Runs single-threaded in numpy,
+    so it neither competes for nor waits on a thread pool of a busy CPU.
 
     :param logits: ``1xCxhxw`` or ``Cxhxw`` logits (torch tensor or numpy array, any device).
     :param size: output ``(height, width)``.
     :returns: ``uint8`` label map (``uint16`` beyond 256 classes), ``height x width``.
     """
-    if isinstance(logits, np.ndarray):
-        logits = torch.from_numpy(logits)
-    logits = logits.detach().to('cpu', torch.float32)
-    if logits.dim() == 4:
+    if isinstance(logits, torch.Tensor):
+        logits = logits.detach().to('cpu', torch.float32).numpy()
+    logits = np.asarray(logits, dtype=np.float32)
+    if logits.ndim == 4:
         if logits.shape[0] != 1:
             raise ValueError(f'expected one image of logits, got batch {logits.shape[0]}')
         logits = logits[0]
     classes, height, width = logits.shape
     dtype = np.uint8 if classes <= 256 else np.uint16
     if (height, width) == tuple(size):
-        return logits.argmax(0).numpy().astype(dtype)
+        return logits.argmax(0).astype(dtype)
     rows, cols = _AxisPlan(height, int(size[0])), _AxisPlan(width, int(size[1]))
-    with torch.inference_mode():
-        blocks = _label_blocks(logits, rows, cols)
-    full = blocks.numpy().astype(dtype, copy=False).reshape(
-        rows.groups * rows.size, cols.groups * cols.size)
+    blocks = _label_blocks(logits, rows, cols, dtype)
+    full = blocks.reshape(rows.groups * rows.size, cols.groups * cols.size)
     return np.ascontiguousarray(cols.gather(rows.gather(full, 0), 1))
 
 
-def _label_blocks(logits: torch.Tensor, rows: _AxisPlan, cols: _AxisPlan) -> torch.Tensor:
+def _label_blocks(logits: np.ndarray, rows: _AxisPlan, cols: _AxisPlan,
+                  dtype) -> np.ndarray:
     """Label every block: ``(row groups, row size, col groups, col size)`` class ids."""
-    classes = logits.shape[0]
     ny, nx, sy, sx = rows.groups, cols.groups, rows.size, cols.size
-    padded = torch.nn.functional.pad(logits[None], cols.pad + rows.pad, mode='replicate')[0]
+    padded = np.pad(logits, ((0, 0), rows.pad, cols.pad), mode='edge')
     padded = padded[:, rows.start:rows.start + ny + 3, cols.start:cols.start + nx + 3]
-    # (classes, ny, nx, 16): the 4x4 window each block reads.
-    windows = padded.unfold(1, 4, 1).unfold(2, 4, 1).reshape(classes, ny, nx, 16)
-    # Candidate winner: the argmax at the window's upper-left inner tap.
-    best = windows[:, :, :, 5].argmax(0)
-    best_windows = torch.gather(windows, 0, best[None, :, :, None].expand(1, ny, nx, 16))
-    margin = best_windows - windows
-    low, high = margin.amin(-1), margin.amax(-1)
-    neg_y = torch.from_numpy(rows.negative.astype(np.float32))[:, None]
-    neg_x = torch.from_numpy(cols.negative.astype(np.float32))[None, :]
-    negative = neg_y * (1 + neg_x) + (1 + neg_y) * neg_x
+    # Candidate winner of each block: the argmax at its window's upper-left inner tap.
+    best = padded[:, 1:1 + ny, 1:1 + nx].argmax(0)
+    iy, ix = np.arange(ny)[:, None], np.arange(nx)[None, :]
+    # Range of L_best - L_k over each block's 4x4 window, tap by tap.
+    low = high = None
+    for dy in range(4):
+        for dx in range(4):
+            taps = padded[:, dy:dy + ny, dx:dx + nx]
+            margin = taps[best, iy, ix] - taps
+            if low is None:
+                low, high = margin, margin.copy()
+            else:
+                np.minimum(low, margin, out=low)
+                np.maximum(high, margin, out=high)
+    negative = (rows.negative[:, None] * (1 + cols.negative[None, :])
+                + (1 + rows.negative[:, None]) * cols.negative[None, :]).astype(np.float32)
     unsettled = low <= negative * (high - low)
-    unsettled.scatter_(0, best[None], False)
-    label_dtype = torch.uint8 if classes <= 256 else torch.int32
-    blocks = best.to(label_dtype)[:, None, :, None].expand(ny, sy, nx, sx).contiguous()
-    by, bx, rival = torch.nonzero(unsettled.permute(1, 2, 0), as_tuple=True)
+    unsettled[best, iy, ix] = False
+    blocks = np.empty((ny, sy, nx, sx), dtype)
+    blocks[...] = best.astype(dtype)[:, None, :, None]
+    by, bx, rival = np.nonzero(unsettled.transpose(1, 2, 0))
     if len(rival) == 0:
         return blocks
     # Interpolate L_rival - L_best over each unsettled (block, class) pair.
-    diff = (windows[rival, by, bx] - windows[best[by, bx], by, bx]).reshape(-1, 4, 4)
-    across = cols.weights.transpose(1, 2)[bx]
-    lead = torch.bmm(torch.bmm(rows.weights[by], diff), across).reshape(len(rival), sy * sx)
-    cell = by * nx + bx
-    cells, owner = torch.unique_consecutive(cell, return_inverse=True)
-    # Per block, the largest lead of any rival; the candidate itself has lead 0.
-    top = torch.zeros(len(cells), sy * sx).scatter_reduce_(
-        0, owner[:, None].expand(-1, sy * sx), lead, 'amax')
-    wins = (lead > 0) & (lead >= top[owner])
-    labels = best.reshape(-1)[cells].to(label_dtype)[:, None]
-    labels = labels.expand(len(cells), sy * sx).contiguous()
-    pair, pixel = torch.nonzero(wins, as_tuple=True)
-    labels[owner[pair], pixel] = rival[pair].to(label_dtype)
-    blocks[cells // nx, :, cells % nx, :] = labels.reshape(-1, sy, sx)
+    winner = best[by, bx]
+    oy = by[:, None, None] + np.arange(4)[None, :, None]
+    ox = bx[:, None, None] + np.arange(4)[None, None, :]
+    diff = padded[rival[:, None, None], oy, ox] - padded[winner[:, None, None], oy, ox]
+    across = np.matmul(diff, cols.weights[bx].transpose(0, 2, 1))
+    lead = np.matmul(rows.weights[by], across).reshape(len(rival), sy * sx)
+    # Only rivals that beat the candidate somewhere in their block matter (usually one).
+    keep = lead.max(axis=1) > 0
+    by, bx, rival, lead = by[keep], bx[keep], rival[keep], lead[keep]
+    if len(rival) == 0:
+        return blocks
+    first = np.r_[True, (by[1:] != by[:-1]) | (bx[1:] != bx[:-1])]
+    starts = np.flatnonzero(first)
+    owner = np.cumsum(first) - 1
+    rank = np.arange(len(rival)) - starts[owner]
+    # Per pixel, the rival with the largest positive lead wins; else the candidate.
+    top = np.zeros((len(starts), sy * sx), np.float32)
+    labels = np.repeat(best[by[starts], bx[starts]].astype(dtype)[:, None], sy * sx, 1)
+    for r in range(int(rank.max()) + 1):
+        pick = np.flatnonzero(rank == r)
+        cells, lead_r = owner[pick], lead[pick]
+        better = lead_r > top[cells]
+        top[cells] = np.where(better, lead_r, top[cells])
+        labels[cells] = np.where(better, rival[pick, None].astype(dtype), labels[cells])
+    blocks[by[starts], :, bx[starts], :] = labels.reshape(-1, sy, sx)
     return blocks

@@ -98,6 +98,13 @@ def build_onnx(model: nn.Module, input_size: Tuple[int, int], opset: int = DEFAU
     except Exception as exc:  # the exporter raises many types; report them as one
         raise ExportError(f'torch.onnx.export failed at {height}x{width}: {exc}') from exc
     proto = onnx.load_from_string(buffer.getvalue())
+    # The tracer leaves the batch dim of the output symbolic; the graph is static.
+    with torch.inference_mode():
+        out_shape = tuple(deployed(dummy).shape)
+    dims = proto.graph.output[0].type.tensor_type.shape.dim
+    del dims[:]
+    for value in out_shape:
+        dims.add().dim_value = int(value)
     props = {
         'evit_ros_version': __version__,
         'input_size': f'{height}x{width}',
@@ -116,7 +123,7 @@ def build_onnx(model: nn.Module, input_size: Tuple[int, int], opset: int = DEFAU
         onnx.checker.check_model(proto)
     except onnx.checker.ValidationError as exc:
         raise ExportError(f'onnx.checker rejects the exported graph: {exc}') from exc
-    report = ExportReport(INPUT_NAME, OUTPUT_NAME, (1, 3, height, width), (), opset,
+    report = ExportReport(INPUT_NAME, OUTPUT_NAME, (1, 3, height, width), out_shape, opset,
                           float('nan'), float('nan'))
     if check:
         _check_parity(proto, reference, (height, width), sample, report)
@@ -135,30 +142,33 @@ def export_onnx(model: nn.Module, input_size: Tuple[int, int], path: Union[str, 
     """
     proto, report = build_onnx(model, input_size, **options)
     report.path = Path(path)
-    data = proto.SerializeToString()
-    _atomic_write(report.path, data)
-    report.size_bytes = len(data)
+    try:
+        report.size_bytes = save_onnx(proto, report.path)
+    except OSError as exc:
+        raise ExportError(f'cannot write {path}: {exc.strerror or exc}') from exc
     return report
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    folder = path.parent if str(path.parent) else Path('.')
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name + '.', suffix='.part', dir=folder)
-    except OSError as exc:
-        raise ExportError(f'cannot write {path}: {exc.strerror or exc}') from exc
+def save_onnx(proto, path: Union[str, os.PathLike]) -> int:
+    """Write an ONNX model atomically (temporary file, fsync, rename); return its size.
+
+    :raises OSError: when the folder or file cannot be written.
+    """
+    path = Path(path)
+    data = proto.SerializeToString()
+    folder = path.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + '.', suffix='.part', dir=folder)
     try:
         with os.fdopen(fd, 'wb') as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except OSError as exc:
-        raise ExportError(f'cannot write {path}: {exc.strerror or exc}') from exc
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+    return len(data)
 
 
 def _cpu_fp32(model: nn.Module) -> nn.Module:
