@@ -1,0 +1,205 @@
+"""ONNX Runtime backend: parity with PyTorch on a real frame, custom ONNX files, cache, errors."""
+
+import logging
+
+from conftest import require_shared
+import cv2
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from evit_ros.model import create_model
+from evit_ros.runtime import BackendUnavailable, Segmenter
+from evit_ros.runtime.backends import onnxruntime_backend
+from evit_ros.runtime.backends.onnxruntime_backend import cache_root, OnnxRuntimeBackend
+from evit_ros.runtime.backends.selection import create_backend
+from evit_ros.runtime.export import export_onnx
+from evit_ros.runtime.preprocess import preprocess
+
+
+@pytest.fixture(autouse=True, scope='module')
+def one_torch_thread():
+    """Run PyTorch single-threaded here: same results, steady times on a loaded machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope='module')
+def cityscapes_frame():
+    """The real Cityscapes val frame (256x128), RGB."""
+    path = require_shared('data', 'cityscapes_val_sample',
+                          'frankfurt_000000_000294_leftImg8bit.png')
+    return cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+
+@pytest.fixture(scope='module')
+def official_b0():
+    """The official B0 Cityscapes model."""
+    weights = require_shared('weights', 'efficientvit_seg_b0_cityscapes.pt')
+    return create_model('b0-cityscapes', weights=str(weights))
+
+
+def random_b1():
+    """B1 with seeded random weights and non-trivial BatchNorm statistics."""
+    torch.manual_seed(1)
+    model = create_model('b1-cityscapes')
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    return model.eval()
+
+
+def compare(backend, model, x):
+    """Return (max |dlogit|, argmax agreement) of a backend against eager PyTorch fp32."""
+    with torch.inference_mode():
+        expected = model(torch.from_numpy(x))
+    got = backend.infer(x)
+    assert got.shape == expected.shape and got.dtype == torch.float32
+    assert torch.isfinite(got).all()
+    agreement = (got.argmax(1) == expected.argmax(1)).float().mean().item()
+    return (got - expected).abs().max().item(), agreement
+
+
+@pytest.mark.parametrize('which, size', [('official-b0', (512, 1024)),
+                                         ('random-b1', (256, 512))])
+def test_fp32_parity_with_pytorch_on_the_real_frame(which, size, cityscapes_frame, request):
+    model = request.getfixturevalue('official_b0') if which == 'official-b0' else random_b1()
+    backend = create_backend('onnxruntime', model, size, device='cpu', precision='fp32',
+                             threads=1)
+    assert backend.name == 'onnxruntime'
+    diff, agreement = compare(backend, model, preprocess(cityscapes_frame, size))
+    assert diff <= 1e-3
+    assert agreement >= 0.999
+
+
+def test_segmenter_label_maps_match_the_torch_pipeline(cityscapes_frame, official_weights):
+    size = (256, 512)
+    fast = Segmenter('b0-cityscapes', backend='onnxruntime', input_size=size, threads=1)
+    reference = Segmenter('b0-cityscapes', backend='torch', input_size=size)
+    assert (fast.postprocess, reference.postprocess) == ('fast', 'reference')
+    out_size = (1024, 2048)       # camera resolution, 8x the logits
+    got = fast.segment(cityscapes_frame, output_size=out_size)
+    expected = reference.segment(cityscapes_frame, output_size=out_size)
+    assert got.shape == expected.shape == out_size and got.dtype == np.uint8
+    assert (got == expected).mean() >= 0.999
+    # and at the frame's own size, in BGR
+    bgr = np.ascontiguousarray(cityscapes_frame[:, :, ::-1])
+    assert (fast.segment(bgr, 'bgr8') == reference.segment(bgr, 'bgr8')).mean() >= 0.999
+    assert fast.timings.total_ms > 0 and fast.backend_name == 'onnxruntime'
+
+
+@pytest.fixture(scope='module')
+def small_onnx(tmp_path_factory):
+    """A random-weight B0 exported at 64x128, and the model."""
+    torch.manual_seed(0)
+    model = create_model('b0-cityscapes')
+    path = tmp_path_factory.mktemp('onnx') / 'b0_64x128.onnx'
+    export_onnx(model, (64, 128), path)
+    return path, model
+
+
+def test_a_custom_onnx_file_is_read_for_its_io(small_onnx):
+    path, model = small_onnx
+    backend = OnnxRuntimeBackend(model, (64, 128), onnx_file=path)
+    assert (backend.input_name, backend.output_name) == ('image', 'logits')
+    assert backend.output_shape == (1, 19, 8, 16)
+    x = np.random.default_rng(0).standard_normal((1, 3, 64, 128)).astype(np.float32)
+    with torch.inference_mode():
+        expected = model(torch.from_numpy(x))
+    assert (backend.infer(x) - expected).abs().max().item() <= 1e-3
+
+
+def renamed(path, tmp_path):
+    """The same graph with its input called ``input.1`` and output ``out``."""
+    proto = onnx.load(str(path))
+    for node in proto.graph.node:
+        node.input[:] = ['input.1' if n == 'image' else n for n in node.input]
+        node.output[:] = ['out' if n == 'logits' else n for n in node.output]
+    proto.graph.input[0].name, proto.graph.output[0].name = 'input.1', 'out'
+    out = tmp_path / 'renamed.onnx'
+    onnx.save(proto, str(out))
+    return out
+
+
+def test_names_come_from_the_file_and_a_size_mismatch_says_what_to_do(small_onnx, tmp_path):
+    path, model = small_onnx
+    other = renamed(path, tmp_path)
+    backend = OnnxRuntimeBackend(model, (64, 128), onnx_file=other)
+    assert (backend.input_name, backend.output_name) == ('input.1', 'out')
+    message = (r"takes 1x3x64x128 input 'input.1' but the network size is 1x3x128x256: "
+               r'pass input_size=\(64, 128\)')
+    with pytest.raises(ValueError, match=message):
+        OnnxRuntimeBackend(model, (128, 256), onnx_file=other)
+
+
+def test_wrong_class_count_missing_file_and_bad_settings_are_refused(small_onnx, tmp_path):
+    path, _ = small_onnx
+    with pytest.raises(ValueError, match='outputs 19 classes but the model has 150'):
+        OnnxRuntimeBackend(create_model('b1-ade20k'), (64, 128), onnx_file=path)
+    with pytest.raises(ValueError, match='does not exist'):
+        OnnxRuntimeBackend(nn.Conv2d(3, 3, 1), (64, 128), onnx_file=tmp_path / 'none.onnx')
+    garbage = tmp_path / 'garbage.onnx'
+    garbage.write_bytes(b'not onnx')
+    with pytest.raises(ValueError, match='onnxruntime cannot load'):
+        OnnxRuntimeBackend(nn.Conv2d(3, 3, 1), (64, 128), onnx_file=garbage)
+    model = create_model('b0-cityscapes')
+    with pytest.raises(ValueError, match='fp16.*use tensorrt or torch'):
+        OnnxRuntimeBackend(model, (64, 128), precision='fp16')
+    with pytest.raises(ValueError, match='optimization'):
+        OnnxRuntimeBackend(model, (64, 128), optimization='max')
+    with pytest.raises(ValueError, match='threads must be >= 0'):
+        OnnxRuntimeBackend(model, (64, 128), threads=-1)
+    with pytest.raises(ValueError, match='calib=FOLDER_OF_IMAGES'):
+        OnnxRuntimeBackend(model, (64, 128), precision='int8')
+
+
+def test_cuda_without_onnxruntime_gpu_is_unavailable_with_the_fix(small_onnx):
+    # This machine has the CPU build of onnxruntime only (no GPU here).
+    path, model = small_onnx
+    with pytest.raises(BackendUnavailable, match='install onnxruntime-gpu'):
+        OnnxRuntimeBackend(model, (64, 128), device='cuda', onnx_file=path)
+
+
+def test_wrong_input_shape_to_infer_is_refused(small_onnx):
+    path, model = small_onnx
+    backend = OnnxRuntimeBackend(model, (64, 128), onnx_file=path)
+    with pytest.raises(ValueError, match=r'input shape \(1, 3, 32, 32\), expected'):
+        backend.infer(np.zeros((1, 3, 32, 32), np.float32))
+
+
+def test_exports_are_cached_and_reused(monkeypatch, caplog):
+    torch.manual_seed(0)
+    model = create_model('b0-cityscapes')
+    caplog.set_level(logging.INFO, logger='evit_ros.runtime')
+    first = OnnxRuntimeBackend(model, (64, 64), threads=1)
+    assert first.path.parent == cache_root() and first.path.is_file()
+    assert first.session.get_session_options().intra_op_num_threads == 1
+
+    def no_export(*args, **kwargs):
+        raise AssertionError('exported again despite the cache')
+    monkeypatch.setattr('evit_ros.runtime.export.build_onnx', no_export)
+    second = OnnxRuntimeBackend(model, (64, 64))
+    assert second.path == first.path
+    assert 'using cached' in caplog.text
+    x = np.zeros((1, 3, 64, 64), np.float32)
+    assert torch.equal(first.infer(x), second.infer(x))
+    # Other weights are another cache entry, never the stale file.
+    with torch.no_grad():
+        model.head.output_ops[0].op_list[-1].conv.bias.add_(1.0)
+    monkeypatch.undo()
+    third = OnnxRuntimeBackend(model, (64, 64))
+    assert third.path != first.path
+
+
+def test_weights_digest_sees_every_value():
+    torch.manual_seed(0)
+    model = nn.Conv2d(3, 4, 1)
+    before = onnxruntime_backend.weights_digest(model)
+    with torch.no_grad():
+        model.weight[0, 0, 0, 0] += 1e-6
+    assert onnxruntime_backend.weights_digest(model) != before
