@@ -53,7 +53,7 @@ PLATFORMS = ('manylinux_2_28_aarch64', 'manylinux_2_27_aarch64', 'manylinux_2_26
 
 # Emulated CPU -> (MIDR_EL1, /proc/cpuinfo Features, newest PyPI torch that runs on it).
 # PyPI's aarch64 torch: 2.10.0 is the last CPU-only build (>= 2.11 is a CUDA 13 build that
-# needs ~3 GB of NVIDIA wheels) and dies with SIGILL on ARMv8.0 cores without LSE atomics
+# requires NVIDIA's CUDA wheels) and dies with SIGILL on ARMv8.0 cores without LSE atomics
 # (Raspberry Pi 4's Cortex-A72, Jetson Nano's Cortex-A57; pytorch/pytorch#176993);
 # 2.9.1 runs on them.
 ARMV80 = 'fp asimd evtstrm aes pmull sha1 sha2 crc32 cpuid'
@@ -232,7 +232,8 @@ def timing_summary(folder: Path) -> dict:
     """Return the import, build and per-frame timings one worker recorded."""
     manifest = json.loads((folder / 'manifest.json').read_text())
     summary = {'versions': manifest['versions'], 'import_s': manifest['import_s'],
-               'process_s': manifest['process_s'], 'backends': {}}
+               'process_s': manifest['process_s'], 'auto': manifest.get('auto'),
+               'backends': {}}
     for backend, entry in manifest['backends'].items():
         if entry['available']:
             summary['backends'][backend] = {
@@ -306,7 +307,11 @@ def main(argv=None) -> int:
         timings['arm64_s'] = round(segment(arm64_python(qemu, rootfs, args.cpu),
                                            out / 'arm64', arm_env, extra), 1)
     except RuntimeError as error:
-        print(f'FAILED: {error} (logs in {out})')
+        hint = ''
+        if 'signal 4' in str(error):
+            hint = (f'; torch {torch_version} uses instructions {args.cpu} lacks (LSE '
+                    f'atomics need ARMv8.1+): try --torch 2.9.1')
+        print(f'FAILED: {error}{hint} (logs in {out})')
         return 1
 
     report = compare(out / 'x86', out / 'arm64')
@@ -330,6 +335,9 @@ def main(argv=None) -> int:
             print(f'  {frame["name"]}: {frame["agreement"]:.5%} '
                   f'({frame["differing_pixels"]} of {frame["pixels"]} px differ, '
                   f'max |dlogit| {frame["logits_max_abs_diff"]:.2e})')
+    for arch in ('x86', 'arm64'):
+        if summary[arch]['auto']:
+            print(f'backend "auto" on {arch}: {summary[arch]["auto"]["backend"]}')
     print(f'{"PASSED" if passed else "FAILED"}: threshold {THRESHOLD:.1%}; '
           f'summary in {out / "summary.json"}')
     return 0 if passed else 1

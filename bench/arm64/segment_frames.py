@@ -8,7 +8,8 @@ for that backend), so it also serves as a smoke test of a real ARM install::
     python bench/arm64/segment_frames.py --out /tmp/labels_here
 
 Writes ``<out>/<backend>_<H>x<W>_<frame>.labels.npy`` (uint8 label map at the frame's
-resolution), ``... .logits.npy`` (1xCxH/8xW/8 float32) and ``<out>/manifest.json``.
+resolution), ``... .logits.npy`` (1xCxH/8xW/8 float32) and ``<out>/manifest.json``
+(versions, timings, and which backend ``backend='auto'`` picks on this machine).
 """
 
 import argparse
@@ -102,6 +103,32 @@ def run_backend(backend: str, planned, out: Path, threads: int) -> dict:
     return entry
 
 
+def resolve_auto(size) -> dict:
+    """Return the backend ``auto`` picks here and the log lines saying why."""
+    import logging
+    from evit_ros.runtime import BackendUnavailable, Segmenter
+
+    class Collect(logging.Handler):
+        def __init__(self):
+            super().__init__(logging.INFO)
+            self.lines = []
+
+        def emit(self, record):
+            self.lines.append(record.getMessage())
+
+    collect = Collect()
+    logger = logging.getLogger('evit_ros.runtime')
+    logger.addHandler(collect)
+    logger.setLevel(logging.INFO)
+    try:
+        chosen = Segmenter('b0-cityscapes', backend='auto', input_size=size).backend_name
+    except (BackendUnavailable, ValueError) as error:
+        chosen = f'none ({type(error).__name__}: {error})'
+    finally:
+        logger.removeHandler(collect)
+    return {'backend': chosen, 'log': collect.lines}
+
+
 def main(argv=None) -> int:
     """Segment the frames with each requested backend and write the manifest."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -120,6 +147,8 @@ def main(argv=None) -> int:
                         help='use only the first N small frames')
     parser.add_argument('--threads', type=int, default=0,
                         help='backend threads (0: the backend default)')
+    parser.add_argument('--no-auto', dest='auto', action='store_false',
+                        help='do not record which backend "auto" picks')
     args = parser.parse_args(argv)
     large = None if args.large.lower() == 'none' else parse_size(args.large)
     if not os.environ.get('EVIT_ROS_WEIGHTS_DIR'):
@@ -135,6 +164,8 @@ def main(argv=None) -> int:
         began = time.perf_counter()
         manifest['backends'][backend] = run_backend(backend, planned, args.out, args.threads)
         manifest['backends'][backend]['total_s'] = round(time.perf_counter() - began, 3)
+    if args.auto:
+        manifest['auto'] = resolve_auto(args.small)
     manifest['process_s'] = round(time.perf_counter() - START, 3)
     (args.out / 'manifest.json').write_text(json.dumps(manifest, indent=1) + '\n')
     print(json.dumps({'versions': manifest['versions'], 'process_s': manifest['process_s']}),
