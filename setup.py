@@ -15,6 +15,7 @@ setup(
         ('share/' + PACKAGE, ['package.xml']),
         ('share/' + PACKAGE + '/launch', glob('launch/*.launch.py')),
         ('share/' + PACKAGE + '/config', glob('config/*.yaml') + glob('config/*.xml')),
+        ('share/' + PACKAGE + '/config/presets', glob('config/presets/*.yaml')),
         ('share/' + PACKAGE + '/engines', ['engines/README.md']),
     ],
     install_requires=['setuptools', 'numpy', 'pyyaml'],
