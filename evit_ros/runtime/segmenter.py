@@ -42,8 +42,7 @@ class Segmenter:
     :param input_size: network ``(height, width)``, multiples of 32; default the model's.
     :param weights: ``"official"``, a checkpoint path, or ``None`` for random weights
         (tests only); ignored when ``model`` is a module.
-    :param precision: ``fp32``; ``fp16`` on CUDA backends; ``int8`` on onnxruntime (CPU,
-        with ``calib``) and tensorrt.
+    :param precision: ``fp32``; ``fp16`` on CUDA backends; ``int8`` on tensorrt.
     :param postprocess: ``auto`` (``fast`` for backends returning CPU logits to be resized
         on the CPU, i.e. onnxruntime; ``reference`` otherwise, so torch label maps are
         the release's bit for bit), ``reference`` or ``fast`` (see :data:`POSTPROCESS`).
