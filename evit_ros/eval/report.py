@@ -27,7 +27,13 @@ MAX_ERRORS = 20
 
 
 def _node_latency(diagnostics: Dict[str, str], series: str) -> Dict[str, Optional[float]]:
-    out: Dict[str, Optional[float]] = {}
+    """Read a latency series from the node's /diagnostics key/values.
+
+    The node reports p50, p95, p99 and max over its window; ``p90`` and ``mean`` stay
+    ``None`` so that the keys are the same as in offline mode.
+    """
+    out: Dict[str, Optional[float]] = {'p50': None, 'p90': None, 'p95': None, 'p99': None,
+                                       'max': None, 'mean': None}
     for key in ('p50', 'p95', 'p99', 'max'):
         try:
             value = float(diagnostics[f'{series}_ms_{key}'])
@@ -113,7 +119,10 @@ def latency_rows(report: Dict[str, object]) -> List[List[str]]:
         stats = report.get(key)
         if not stats:
             continue
-        p9x = _ms(stats.get('p90')) if 'p90' in stats else f"{_ms(stats.get('p95'))} (p95)"
+        if stats.get('p90') is None and stats.get('p95') is not None:
+            p9x = f"{_ms(stats['p95'])} (p95)"   # the node reports p95, not p90
+        else:
+            p9x = _ms(stats.get('p90'))
         rows.append([f'{label}', _ms(stats.get('p50')), p9x,
                      _ms(stats.get('p99')), _ms(stats.get('max')), _ms(stats.get('mean'))])
     return rows
