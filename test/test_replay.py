@@ -230,3 +230,26 @@ def test_bad_bags_give_one_line_or_a_partial_score(camvid_bag, checkpoint, tmp_p
     assert report['frames_scored'] >= report['frames'] - 1
     assert 'is damaged' in report['errors'][0]
     assert report['unreadable'] == len(report['errors'])
+
+
+def test_node_mode_forwards_compressed_images(checkpoint, tmp_path, ros_env):
+    images = require_shared('data', 'camvid', 'val')
+    labels = require_shared('data', 'camvid', 'valannot')
+    topic = '/cam/image/compressed'
+    bag = tmp_path / 'jpeg'
+    make_bag(images, bag, topic, labels_dir=labels, label_format='camvid', encoding='jpeg',
+             max_frames=3)
+    reports = {}
+    for mode in ('offline', 'node'):
+        reports[mode] = replay(ReplayOptions(bag, topic, tmp_path / mode, weights=str(checkpoint),
+                                             network_size=(96, 128), mode=mode, lockstep=True,
+                                             progress=False))
+    # Lockstep: nothing dropped; the node decodes the same JPEG bytes to the same labels.
+    assert reports['node']['frames_scored'] == 3 and reports['node']['dropped'] == 0
+    assert reports['node']['label_source'] == '/cam/image/label_gt'
+    offline_maps = label_maps(tmp_path / 'offline' / 'labels', '/cam/image/label_map')
+    node_maps = label_maps(tmp_path / 'node' / 'labels', '/cam/image/label_map')
+    assert sorted(node_maps) == sorted(offline_maps) and len(node_maps) == 3
+    for stamp, frame in node_maps.items():
+        assert np.array_equal(frame.image, offline_maps[stamp].image)
+    assert reports['node']['miou'] == reports['offline']['miou']
