@@ -74,7 +74,9 @@ def plot_samples(path: Path, samples, palette: np.ndarray) -> None:
     """Draw a strip of frames: input, prediction and ground truth (coloured by class)."""
     plt = _pyplot()
     rows = max(1, len(samples))
-    fig, axes = plt.subplots(rows, 3, figsize=(11, 2.9 * rows), dpi=100, squeeze=False)
+    aspect = samples[0].rgb.shape[0] / samples[0].rgb.shape[1] if samples else 0.75
+    fig, axes = plt.subplots(rows, 3, figsize=(11, (11 / 3 * aspect + 0.4) * rows), dpi=100,
+                             squeeze=False)
     for ax in axes.ravel():
         ax.axis('off')
     for row, sample in zip(axes, samples):
