@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List
 
 REPO = Path(__file__).resolve().parent.parent
+TOPIC = '/segmentation_node/'
+TIMEOUT = 90.0   # seconds for one frame on a loaded 2-core machine
 PROFILE = REPO / 'config' / 'fastdds_large_images.xml'
 NODE = '/segmentation_node'
 _DOMAINS = itertools.count()
@@ -214,6 +216,80 @@ class RosClient:
         """Shut the context down and stop spinning."""
         self.context.try_shutdown()
         self._thread.join(2.0)
+
+
+class Session:
+    """A running node plus a client with publishers and subscriptions on its topics."""
+
+    def __init__(self, params, tmp, weights_dir, remaps=(), image_type=None, prefix=TOPIC,
+                 image_topic=None):
+        from sensor_msgs.msg import Image
+        self.domain = next_domain_id()
+        env = ros_env(self.domain, EVIT_ROS_WEIGHTS_DIR=str(weights_dir),
+                      EVIT_ROS_CACHE=str(tmp))
+        self.node = NodeProcess(params, env, remaps)
+        self.client = RosClient(self.domain)
+        self.prefix = prefix
+        self.diagnostics = self.client.watch_diagnostics()
+        self.label_maps = self.client.subscribe(Image, prefix + 'label_map')
+        self.image_pub = self.client.publisher(image_type or Image,
+                                               image_topic or prefix + 'image')
+        self.stamp = time.time_ns()
+
+    def next_stamp(self) -> int:
+        """Return a new, increasing stamp close to the wall clock (nanoseconds)."""
+        self.stamp = max(self.stamp + 1, time.time_ns())
+        return self.stamp
+
+    def wait_ready(self):
+        """Wait until the node subscribes to the images (it has loaded its model)."""
+        self.client.wait_for(lambda: self.image_pub.get_subscription_count() > 0
+                             or self.node.proc.poll() is not None, TIMEOUT, 'the node')
+        assert self.node.proc.poll() is None, self.node.log()
+
+    def label_map(self, stamp, timeout=TIMEOUT):
+        """Wait for the label map carrying ``stamp`` and return it."""
+        return self.client.wait_for(
+            lambda: next((m for m in self.label_maps if stamp_ns(m.header) == stamp), None),
+            timeout, f'the label map stamped {stamp}')
+
+    def send(self, rgb, frame_id='camera', encoding='rgb8', wait=True):
+        """Publish a frame; return its label map (``wait``) or its stamp."""
+        stamp = self.next_stamp()
+        self.image_pub.publish(image_msg(rgb, stamp, frame_id, encoding))
+        return self.label_map(stamp) if wait else stamp
+
+    def warm_up(self, rgb):
+        """Send a frame until one label map comes back (everything matched and running)."""
+        for _ in range(10):
+            stamp = self.send(rgb, wait=False)
+            try:
+                return self.label_map(stamp, timeout=TIMEOUT / 3)
+            except AssertionError:
+                continue
+        raise AssertionError('no label map came back\n' + self.node.log())
+
+    def status(self, predicate=lambda s: True, what='a diagnostics status'):
+        """Return the first status from now on that satisfies ``predicate``."""
+        start = len(self.diagnostics)
+        return self.client.wait_for(
+            lambda: next((s for s in self.diagnostics[start:] if predicate(s)), None),
+            TIMEOUT, what)
+
+    def settled(self):
+        """Return a status with no frame in flight, after everything sent so far."""
+        return self.status(lambda s: s['frames_in_flight'] == '0', 'no frame in flight')
+
+    def close(self):
+        """Stop the client and the node; return the node's ``(exit code, seconds)``."""
+        self.client.close()
+        return self.node.stop()
+
+
+def counts(status):
+    """Return the frame counters of a diagnostics status as integers."""
+    return {k: int(status['frames_' + k])
+            for k in ('received', 'processed', 'dropped', 'rejected', 'in_flight')}
 
 
 def image_msg(rgb, stamp_ns: int, frame_id: str, encoding: str = 'rgb8'):

@@ -9,31 +9,24 @@ import json
 import signal
 import subprocess
 import sys
-import time
 
 import cv2
 import numpy as np
 import pytest
 from conftest import require_shared
-from ros_harness import (image_msg, next_domain_id, NodeProcess, REPO, ros_env, RosClient,
-                         stamp_ns)
+from ros_harness import (counts, image_msg, next_domain_id, NodeProcess, REPO, ros_env,
+                         Session, stamp_ns, TIMEOUT, TOPIC)
 
 NETWORK = (256, 512)
 NODE_PARAMS = {'backend': 'torch', 'network_height': NETWORK[0], 'network_width': NETWORK[1],
                'diagnostics_period': 0.2, 'latency_budget_ms': 100000.0}
-TOPIC = '/segmentation_node/'
-TIMEOUT = 90.0   # seconds for one frame on a loaded 2-core machine
-
-
-def load_frames():
-    paths = sorted(require_shared('data', 'frames').glob('*_leftImg8bit.png'))
-    assert len(paths) == 5, paths
-    return [cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in paths]
 
 
 @pytest.fixture(scope='module')
 def frames():
-    return load_frames()
+    paths = sorted(require_shared('data', 'frames').glob('*_leftImg8bit.png'))
+    assert len(paths) == 5, paths
+    return [cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in paths]
 
 
 @pytest.fixture(scope='module')
@@ -50,70 +43,6 @@ def reference(frames, weights_dir):
     return [segmenter.segment(frame) for frame in frames]
 
 
-class Session:
-    """A running node plus a client with publishers and subscriptions on its topics."""
-
-    def __init__(self, params, tmp, weights_dir, remaps=(), image_type=None, prefix=TOPIC,
-                 image_topic=None):
-        from sensor_msgs.msg import Image
-        self.domain = next_domain_id()
-        env = ros_env(self.domain, EVIT_ROS_WEIGHTS_DIR=str(weights_dir),
-                      EVIT_ROS_CACHE=str(tmp))
-        self.node = NodeProcess(params, env, remaps)
-        self.client = RosClient(self.domain)
-        self.prefix = prefix
-        self.diagnostics = self.client.watch_diagnostics()
-        self.label_maps = self.client.subscribe(Image, prefix + 'label_map')
-        self.image_pub = self.client.publisher(image_type or Image,
-                                               image_topic or prefix + 'image')
-        self.stamp = time.time_ns()
-
-    def next_stamp(self) -> int:
-        self.stamp = max(self.stamp + 1, time.time_ns())
-        return self.stamp
-
-    def wait_ready(self):
-        """Wait until the node subscribes to the images (it has loaded its model)."""
-        self.client.wait_for(lambda: self.image_pub.get_subscription_count() > 0
-                             or self.node.proc.poll() is not None, TIMEOUT, 'the node')
-        assert self.node.proc.poll() is None, self.node.log()
-
-    def label_map(self, stamp, timeout=TIMEOUT):
-        return self.client.wait_for(
-            lambda: next((m for m in self.label_maps if stamp_ns(m.header) == stamp), None),
-            timeout, f'the label map stamped {stamp}')
-
-    def send(self, rgb, frame_id='camera', encoding='rgb8', wait=True):
-        stamp = self.next_stamp()
-        self.image_pub.publish(image_msg(rgb, stamp, frame_id, encoding))
-        return self.label_map(stamp) if wait else stamp
-
-    def warm_up(self, rgb):
-        """Send a frame until one label map comes back (everything matched and running)."""
-        for _ in range(10):
-            stamp = self.send(rgb, wait=False)
-            try:
-                return self.label_map(stamp, timeout=TIMEOUT / 3)
-            except AssertionError:
-                continue
-        raise AssertionError('no label map came back\n' + self.node.log())
-
-    def status(self, predicate=lambda s: True, what='a diagnostics status'):
-        """Return the first status from now on that satisfies ``predicate``."""
-        start = len(self.diagnostics)
-        return self.client.wait_for(
-            lambda: next((s for s in self.diagnostics[start:] if predicate(s)), None),
-            TIMEOUT, what)
-
-    def settled(self):
-        """Return a status with no frame in flight, after everything sent so far."""
-        return self.status(lambda s: s['frames_in_flight'] == '0', 'no frame in flight')
-
-    def close(self):
-        self.client.close()
-        return self.node.stop()
-
-
 @pytest.fixture(scope='module')
 def session(frames, weights_dir, tmp_path_factory):
     """One node for the module, after its first 'waiting' status and one warm-up frame."""
@@ -125,11 +54,6 @@ def session(frames, weights_dir, tmp_path_factory):
         yield session
     finally:
         session.close()
-
-
-def counts(status):
-    return {k: int(status['frames_' + k])
-            for k in ('received', 'processed', 'dropped', 'rejected', 'in_flight')}
 
 
 def test_waiting_for_first_image_before_any_frame(session):

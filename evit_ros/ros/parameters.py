@@ -57,6 +57,8 @@ class ParameterSpec:
             low, high, step = self.int_range
             if step > 1:
                 return f'0 (model default) or a multiple of {step} up to {high}'
+            if low == 0:
+                return f'0 (default) or an integer up to {high}'
             return f'an integer from {low} to {high}'
         if self.float_range:
             return f'a number from {self.float_range[0]:g} to {self.float_range[1]:g}'
@@ -145,6 +147,10 @@ PARAMETERS: Tuple[ParameterSpec, ...] = (
     ParameterSpec('network_width', 0,
                   'Network input width in pixels; 0 = the model default. Set together with '
                   'network_height.', int_range=(0, MAX_NETWORK_SIDE, 32)),
+    ParameterSpec('cpu_threads', 0,
+                  'CPU threads for inference (PyTorch intra-op, ONNX Runtime); 0 = the '
+                  "library's default (every core). 1-2 keep latency steady on a CPU shared "
+                  'with other nodes.', int_range=(0, 256, 1)),
     ParameterSpec('input_transport', 'raw',
                   'raw subscribes ~/image (sensor_msgs/Image); compressed subscribes '
                   '~/image/compressed (jpeg or png sensor_msgs/CompressedImage).',
@@ -189,6 +195,7 @@ class NodeSettings:
     precision: str
     network_height: int
     network_width: int
+    cpu_threads: int
     input_transport: str
     output_resolution: str
     qos_reliability: str

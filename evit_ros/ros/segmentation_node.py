@@ -116,9 +116,12 @@ def build_segmenter(settings: NodeSettings):
         weights, unusable backend...).
     """
     from evit_ros.runtime import Segmenter
+    # Each backend takes the options it knows and ignores the others'.
     options = {}
-    if settings.engine_dir and settings.backend != 'torch':
+    if settings.engine_dir:
         options['engine_dir'] = settings.engine_dir
+    if settings.cpu_threads:
+        options['threads'] = settings.cpu_threads
     try:
         return Segmenter(settings.model, backend=settings.backend, device=settings.device,
                          input_size=settings.network_size,
