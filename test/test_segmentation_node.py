@@ -270,17 +270,24 @@ def test_sigterm_stops_the_node_within_two_seconds(session):
 
 def test_compressed_input_at_network_resolution_with_camera_info(frames, weights_dir,
                                                                  tmp_path):
-    """jpeg/png input on <remapped image>/compressed; outputs at 128x256 with camera info."""
+    """jpeg/png input on <remapped image>/compressed; outputs at 128x256 with camera info.
+
+    The node runs on sim time: /clock stays 250 ms after each frame's stamp, so the
+    pipeline latency it reports is exactly 250 ms, and /diagnostics (steady clock) keeps
+    coming while /clock stands still.
+    """
+    from rosgraph_msgs.msg import Clock
     from sensor_msgs.msg import CameraInfo, CompressedImage
     from evit_ros.runtime import Segmenter
     params = {'backend': 'torch', 'network_height': 128, 'network_width': 256,
               'input_transport': 'compressed', 'output_resolution': 'network',
-              'diagnostics_period': 0.2}
+              'diagnostics_period': 0.2, 'use_sim_time': True}
     session = Session(params, tmp_path, weights_dir, remaps=['~/image:=/camera/image_raw'],
                       image_type=CompressedImage, image_topic='/camera/image_raw/compressed')
     try:
         infos = session.client.subscribe(CameraInfo, TOPIC + 'label_map/camera_info')
         info_pub = session.client.publisher(CameraInfo, TOPIC + 'camera_info')
+        clock_pub = session.client.publisher(Clock, '/clock', 1)
         session.wait_ready()
         segmenter = Segmenter('b0-cityscapes', backend='torch', input_size=(128, 256),
                               weights=str(weights_dir / 'efficientvit_seg_b0_cityscapes.pt'))
@@ -290,6 +297,9 @@ def test_compressed_input_at_network_resolution_with_camera_info(frames, weights
 
         def send(kind, frame, stamp=None, payload=None, fmt=None):
             stamp = stamp or session.next_stamp()
+            clock = Clock()
+            clock.clock.sec, clock.clock.nanosec = divmod(stamp + 250_000_000, 10**9)
+            clock_pub.publish(clock)
             camera.header.stamp.sec, camera.header.stamp.nanosec = divmod(stamp, 10**9)
             camera.header.frame_id = 'cam'
             info_pub.publish(camera)
@@ -327,6 +337,9 @@ def test_compressed_input_at_network_resolution_with_camera_info(frames, weights
             assert (info.width, info.height, info.header.frame_id) == (256, 128, 'cam')
             np.testing.assert_allclose(info.k, [250, 0, 128, 0, 250, 64, 0, 0, 1])
             np.testing.assert_allclose(info.p, [250, 0, 128, 5, 0, 250, 64, 0, 0, 0, 1, 0])
+
+        timing = session.settled()
+        assert timing['pipeline_ms_p50'] == timing['pipeline_ms_max'] == '250.000'
 
         jpeg = cv2.imencode('.jpg', frames[0])[1].tobytes()
         garbage = (jpeg[:600] + bytes(np.random.RandomState(0).randint(

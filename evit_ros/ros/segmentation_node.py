@@ -300,9 +300,12 @@ class SegmentationNode(Node):
         latency = {'preprocess': decode_ms + timings.preprocess_ms,
                    'inference': timings.inference_ms, 'postprocess': timings.postprocess_ms,
                    'total': decode_ms + timings.total_ms}
+        # Pipeline latency on the node's clock: bag time under use_sim_time. Skipped for
+        # unstamped images and before the first /clock message (sim time still 0).
         stamp = Time.from_msg(header.stamp)
-        if stamp.nanoseconds > 0:
-            latency['pipeline'] = (self.get_clock().now() - stamp).nanoseconds / 1e6
+        now = self.get_clock().now()
+        if stamp.nanoseconds > 0 and now.nanoseconds > 0:
+            latency['pipeline'] = (now - stamp).nanoseconds / 1e6
         info = self._camera_info
         if at_network and info is not None:
             height, width = label_map.shape
