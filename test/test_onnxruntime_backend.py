@@ -183,16 +183,22 @@ def test_exports_are_cached_and_reused(monkeypatch, caplog):
 
     def no_export(*args, **kwargs):
         raise AssertionError('exported again despite the cache')
-    monkeypatch.setattr('evit_ros.runtime.export.build_onnx', no_export)
-    second = OnnxRuntimeBackend(model, (64, 64))
+    with monkeypatch.context() as patch:
+        patch.setattr('evit_ros.runtime.export.build_onnx', no_export)
+        second = OnnxRuntimeBackend(model, (64, 64))
     assert second.path == first.path
     assert 'using cached' in caplog.text
     x = np.zeros((1, 3, 64, 64), np.float32)
     assert torch.equal(first.infer(x), second.infer(x))
+    # A damaged cached file is exported again, with a warning, not a failure.
+    first.path.write_bytes(b'damaged')
+    again = OnnxRuntimeBackend(model, (64, 64))
+    assert 'cannot load cached' in caplog.text
+    assert torch.equal(again.infer(x), first.infer(x))
+    assert first.path.read_bytes() != b'damaged'
     # Other weights are another cache entry, never the stale file.
     with torch.no_grad():
         model.head.output_ops[0].op_list[-1].conv.bias.add_(1.0)
-    monkeypatch.undo()
     third = OnnxRuntimeBackend(model, (64, 64))
     assert third.path != first.path
 

@@ -107,20 +107,26 @@ class OnnxRuntimeBackend(Backend):
         self.providers = self._providers(str(device))
         self.threads = int(threads)
         self.label = entry.name if entry is not None else type(model).__name__.lower()
+        self.path: Optional[Path] = None
+        self.from_cache = False
         options = self._session_options(optimization, spin)
         if onnx_file is not None:
-            self.path: Optional[Path] = Path(onnx_file).expanduser()
+            self.path = Path(onnx_file).expanduser()
             if not self.path.is_file():
                 raise ValueError(f'onnx_file {self.path} does not exist')
             source = str(self.path)
         else:
             source = self._model_bytes(model, precision, cache)
         try:
-            self.session = ort.InferenceSession(source, options, providers=self.providers)
-        except Exception as exc:  # ORT raises its own exception types
-            where = self.path if onnx_file is not None else 'the exported model'
-            raise ValueError(f'onnxruntime cannot load {where}: '
-                             f'{str(exc).splitlines()[0]}') from None
+            self.session = self._session(source, options)
+        except ValueError:
+            if onnx_file is not None or not self.from_cache:
+                raise
+            # A cached file this onnxruntime cannot load (damaged disk, foreign file):
+            # export again over it rather than fail the robot.
+            LOG.warning('onnxruntime: cannot load cached %s; exporting again', self.path)
+            source = self._model_bytes(model, precision, cache, reuse=False)
+            self.session = self._session(source, options)
         self.input_name, self.output_name, self.output_shape = self._check_io(
             getattr(getattr(model, 'cfg', None), 'num_classes', None))
 
@@ -156,7 +162,16 @@ class OnnxRuntimeBackend(Backend):
         options.log_severity_level = 3
         return options
 
-    def _model_bytes(self, model: nn.Module, precision: str, cache: bool) -> bytes:
+    def _session(self, source, options):
+        try:
+            return self.ort.InferenceSession(source, options, providers=self.providers)
+        except Exception as exc:  # ORT raises its own exception types
+            where = self.path if self.path is not None else 'the exported model'
+            raise ValueError(f'onnxruntime cannot load {where}: '
+                             f'{str(exc).strip().splitlines()[0]}') from None
+
+    def _model_bytes(self, model: nn.Module, precision: str, cache: bool,
+                     reuse: bool = True) -> bytes:
         from evit_ros.runtime.export import build_onnx, save_onnx
         height, width = self.input_size
         key = hashlib.sha256('\0'.join([
@@ -165,7 +180,8 @@ class OnnxRuntimeBackend(Backend):
         ]).encode()).hexdigest()
         self.path = (cache_root() / f'{self.label}_{height}x{width}_{precision}_{key[:16]}.onnx'
                      if cache else None)
-        if self.path is not None and self.path.is_file():
+        self.from_cache = reuse and self.path is not None and self.path.is_file()
+        if self.from_cache:
             LOG.info('onnxruntime: using cached %s', self.path)
             return self.path.read_bytes()
         LOG.info('onnxruntime: exporting %s at %dx%d (checked against PyTorch)',
