@@ -48,12 +48,12 @@ def ros_env(domain_id: int, profile: bool = True, **extra: str) -> Dict[str, str
 
 
 def node_command(entry: str = 'console') -> List[str]:
-    """Return the command that starts the node: console script, ``-m`` module or CLI."""
+    """Return the command that starts the node: ``console`` script, ``module`` or ``cli``."""
     bindir = Path(sys.executable).parent
     if entry == 'module':
         return [sys.executable, '-m', 'evit_ros.ros.segmentation_node']
-    if entry == 'cli':
-        return [str(bindir / 'evit-ros'), 'node']
+    if entry.split()[0] == 'cli':                 # 'cli --preset b0-cityscapes' too
+        return [str(bindir / 'evit-ros'), 'node'] + entry.split()[1:]
     script = bindir / 'segmentation_node'
     if script.exists():
         return [str(script)]

@@ -370,6 +370,9 @@ def test_compressed_input_at_network_resolution_with_camera_info(frames, weights
      'network_height must be 0 (model default) or a multiple of 32 up to 8192, got 100'),
     ('console', {'overlay_alpha': 1}, {}, 'overlay_alpha must be a double, got 1'),
     ('console', {'network_height': 256}, {}, 'set both'),
+    # The preset sets 512x512; the user's -p comes later and wins.
+    ('cli --preset l2-ade20k', {'network_width': 0}, {},
+     'network_height=512 and network_width=0: set both'),
 ])
 def test_startup_failure_exits_with_one_line(entry, params, env, fix, official_weights,
                                              tmp_path):
