@@ -95,6 +95,7 @@ def time_pair(models: Dict[str, nn.Module], size: Tuple[int, int], runs: int,
 def summary(samples: List[float]) -> Dict[str, float]:
     """Median and spread of a list of milliseconds."""
     return {'median_ms': statistics.median(samples),
+            'min_ms': min(samples),
             'p10_ms': float(np.percentile(samples, 10)),
             'p90_ms': float(np.percentile(samples, 90)),
             'runs': len(samples)}
