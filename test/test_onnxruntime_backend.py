@@ -66,14 +66,16 @@ def compare(backend, model, x):
     return (got - expected).abs().max().item(), agreement
 
 
+@pytest.mark.parametrize('backend', ['onnxruntime', 'torch'])
 @pytest.mark.parametrize('which, size', [('official-b0', (512, 1024)),
                                          ('random-b1', (256, 512))])
-def test_fp32_parity_with_pytorch_on_the_real_frame(which, size, cityscapes_frame, request):
+def test_fp32_parity_with_pytorch_on_the_real_frame(backend, which, size, cityscapes_frame,
+                                                    request):
+    # Every CPU backend against the eager, unfolded model (TensorRT: its own tests, GPU).
     model = request.getfixturevalue('official_b0') if which == 'official-b0' else random_b1()
-    backend = create_backend('onnxruntime', model, size, device='cpu', precision='fp32',
-                             threads=1)
-    assert backend.name == 'onnxruntime'
-    diff, agreement = compare(backend, model, preprocess(cityscapes_frame, size))
+    built = create_backend(backend, model, size, device='cpu', precision='fp32', threads=1)
+    assert built.name == backend
+    diff, agreement = compare(built, model, preprocess(cityscapes_frame, size))
     assert diff <= 1e-3
     assert agreement >= 0.999
 
