@@ -33,7 +33,7 @@ LOG = logging.getLogger('evit_ros.runtime')
 
 PRECISIONS = ('fp32',)
 # Measured on an x86 CPU with VNNI (B0, 512x1024): ONNX Runtime's static int8 (QDQ,
-# per-channel, convolutions only, attention fp32) ran 2x slower than this fp32 graph and
+# per-channel, convolutions only, attention fp32) ran 2-4x slower than this fp32 graph and
 # agreed with it on 20-75 % of pixels, so int8 is left to TensorRT.
 INT8_REFUSAL = ('onnxruntime int8 is not offered: on CPU it measured slower than fp32 and '
                 'far less accurate; use fp32 here, or tensorrt for int8')
