@@ -1,6 +1,7 @@
 """Shared fixtures: where ../shared is, isolated caches and ROS domains per test."""
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -39,3 +40,18 @@ def official_weights(monkeypatch):
 def isolated_cache(tmp_path_factory, monkeypatch):
     """Keep every test's weight cache out of the user's home."""
     monkeypatch.setenv('EVIT_ROS_CACHE', str(tmp_path_factory.mktemp('cache')))
+
+
+@pytest.fixture(autouse=True)
+def restore_torch_threads():
+    """Undo a test's change of torch's process-wide thread count.
+
+    Results of some CPU kernels depend on the thread count, and tests compare label maps
+    computed here with ones computed by node processes at the default count.
+    """
+    torch = sys.modules.get('torch')
+    before = torch.get_num_threads() if torch is not None else None
+    yield
+    torch = sys.modules.get('torch')
+    if torch is not None and before is not None and torch.get_num_threads() != before:
+        torch.set_num_threads(before)

@@ -89,6 +89,8 @@ MAPPINGS: Dict[str, LabelMapping] = {
                                gt_table=tuple(lookup_table(CITYSCAPES_ID_TO_TRAINID))),
     'trainid': LabelMapping('trainid'),
     'ade20k': LabelMapping('ade20k', gt_offset=1),
+    # CamVid's value 11 is void: only 0..10 are scored.
     'camvid': LabelMapping('camvid', CAMVID_CLASSES,
+                           gt_table=tuple(lookup_table({i: i for i in range(11)})),
                            pred_table=tuple(lookup_table(CITYSCAPES_TO_CAMVID))),
 }
