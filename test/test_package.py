@@ -65,6 +65,6 @@ def test_pip_install_into_plain_prefix(tmp_path):
         [sys.executable, '-m', 'pip', 'install', '-q', '--no-deps', '--no-build-isolation',
          '--target', str(target), str(src)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    for module in ('model', 'runtime', 'eval', 'cli'):
+    for module in ('model', 'runtime', 'ros', 'eval', 'cli'):
         assert (target / 'evit_ros' / module / '__init__.py').is_file()
     assert (target / 'bin' / 'segmentation_node').is_file()
