@@ -19,6 +19,12 @@ from evit_ros.runtime.image import ENCODINGS, ImageError
 
 #: Largest compressed image the node decodes (pixels); bigger headers are refused unread.
 MAX_DECODED_PIXELS = 8192 * 8192
+#: Most pixels a compressed image may declare per byte of data. The densest real encodings
+#: measured (a uniform 8-bit grey png at zlib level 9, ~1000 px/byte; progressive jpeg,
+#: ~250) stay well below; a few hundred bytes declaring thousands of pixels squared are a
+#: header forged or corrupted, and decoding it would allocate the declared size (libjpeg
+#: fills a short scan with grey) for nothing.
+MAX_PIXELS_PER_BYTE = 4096
 
 _SUPPORTED = ', '.join(ENCODINGS)
 _JPEG_MAGIC = b'\xff\xd8\xff'
@@ -46,7 +52,8 @@ def image_to_array(msg: Image) -> Tuple[np.ndarray, str]:
     :param msg: a ``sensor_msgs/Image`` in one of :data:`evit_ros.runtime.image.ENCODINGS`.
     :rtype: tuple(numpy.ndarray, str)
     :raises MessageError: for zero size, an unsupported encoding, big-endian multi-byte
-        data, a step shorter than a row, or data that does not match ``step * height``.
+        data, an odd width in YUV 4:2:2, a step shorter than a row, or data that does not
+        match ``step * height``.
     """
     encoding, width, height, step = msg.encoding, msg.width, msg.height, msg.step
     if width == 0 or height == 0:
@@ -57,6 +64,8 @@ def image_to_array(msg: Image) -> Tuple[np.ndarray, str]:
     if encoding not in ENCODINGS:
         raise MessageError(f'unsupported encoding {encoding!r}; supported: {_SUPPORTED}')
     channels = ENCODINGS[encoding][0]
+    if channels == 2 and width % 2:
+        raise MessageError(f'{encoding} (YUV 4:2:2) needs an even width, got {width}')
     row = width * channels
     if step < row:
         raise MessageError(f'step {step} is shorter than a row of a {width}x{height} '
@@ -77,7 +86,8 @@ def check_compressed(msg: CompressedImage) -> str:
     """Check a compressed image without decoding it and return ``'jpeg'`` or ``'png'``.
 
     :raises MessageError: for another format, empty data, a bad signature, a truncated
-        JPEG or a declared size beyond :data:`MAX_DECODED_PIXELS`.
+        JPEG, a declared size beyond :data:`MAX_DECODED_PIXELS`, or one implausibly large
+        for the data (more than :data:`MAX_PIXELS_PER_BYTE` pixels per byte).
     """
     fmt = msg.format.lower()
     if 'compresseddepth' in fmt:
@@ -101,6 +111,10 @@ def check_compressed(msg: CompressedImage) -> str:
         raise MessageError(f'{kind} declares {width}x{height} pixels, more than the '
                            f'{MAX_DECODED_PIXELS} this node decodes; corrupt or not a '
                            f'camera image')
+    if width * height > MAX_PIXELS_PER_BYTE * len(data):
+        raise MessageError(f'{kind} declares {width}x{height} pixels in only {len(data)} '
+                           f'bytes (over {MAX_PIXELS_PER_BYTE} pixels per byte); corrupt '
+                           f'header, not decoded')
     if kind == 'jpeg' and b'\xff\xd9' not in bytes(data[-16:]):
         raise MessageError(f'truncated jpeg: no end-of-image marker in {len(data)} bytes')
     return kind
