@@ -35,6 +35,27 @@ def next_domain_id() -> int:
     return 20 + next(_DOMAINS) % 40
 
 
+_RELIABILITY_DOMAINS = itertools.count()
+
+
+def reliability_domain_id() -> int:
+    """Return a ROS domain id from 100-139, the reliability tests' range, a new one per call."""
+    return 100 + next(_RELIABILITY_DOMAINS) % 40
+
+
+def proc_stats(pid: int) -> Dict[str, int]:
+    """Return ``rss_kb``, ``hwm_kb`` (VmRSS, VmHWM), open ``fds`` and ``threads`` of ``pid``."""
+    stats = {}
+    with open(f'/proc/{pid}/status') as status:
+        for line in status:
+            key, _, value = line.partition(':')
+            if key in ('VmRSS', 'VmHWM'):
+                stats[key.lower()[2:] + '_kb'] = int(value.split()[0])
+    stats['fds'] = len(os.listdir(f'/proc/{pid}/fd'))
+    stats['threads'] = len(os.listdir(f'/proc/{pid}/task'))
+    return stats
+
+
 def ros_env(domain_id: int, profile: bool = True, **extra: str) -> Dict[str, str]:
     """Return an environment for a ROS process on ``domain_id``, localhost only."""
     env = dict(os.environ)
@@ -222,9 +243,9 @@ class Session:
     """A running node plus a client with publishers and subscriptions on its topics."""
 
     def __init__(self, params, tmp, weights_dir, remaps=(), image_type=None, prefix=TOPIC,
-                 image_topic=None):
+                 image_topic=None, domain=None, image_qos=None):
         from sensor_msgs.msg import Image
-        self.domain = next_domain_id()
+        self.domain = next_domain_id() if domain is None else domain
         env = ros_env(self.domain, EVIT_ROS_WEIGHTS_DIR=str(weights_dir),
                       EVIT_ROS_CACHE=str(tmp))
         self.node = NodeProcess(params, env, remaps)
@@ -233,7 +254,7 @@ class Session:
         self.diagnostics = self.client.watch_diagnostics()
         self.label_maps = self.client.subscribe(Image, prefix + 'label_map')
         self.image_pub = self.client.publisher(image_type or Image,
-                                               image_topic or prefix + 'image')
+                                               image_topic or prefix + 'image', image_qos)
         self.stamp = time.time_ns()
 
     def next_stamp(self) -> int:
