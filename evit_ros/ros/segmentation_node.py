@@ -18,11 +18,13 @@ frames instead of queueing them. Parameters are in :mod:`evit_ros.ros.parameters
 """
 
 import json
+import logging
 import socket
 import sys
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, List, Optional
 
 import cv2
@@ -119,13 +121,21 @@ def build_segmenter(settings: NodeSettings):
     # Each backend takes the options it knows and ignores the others'.
     options = {}
     if settings.engine_dir:
-        options['engine_dir'] = settings.engine_dir
+        engine_dir = Path(settings.engine_dir).expanduser().resolve()
+        if engine_dir.exists() and not engine_dir.is_dir():
+            raise StartupError(f'engine_dir {str(engine_dir)!r} is a file, not a folder; give '
+                               f"a folder (created if missing) or '' for the evit_ros cache",
+                               EXIT_PARAMETER)
+        options['engine_dir'] = str(engine_dir)
+    weights = settings.weights or 'official'
+    if weights != 'official':
+        weights = str(Path(weights).expanduser().resolve())
     if settings.cpu_threads:
         options['threads'] = settings.cpu_threads
     try:
         return Segmenter(settings.model, backend=settings.backend, device=settings.device,
                          input_size=settings.network_size,
-                         weights=settings.weights or 'official',
+                         weights=weights,
                          precision=settings.precision, **options)
     except (ImportError, LookupError, OSError, RuntimeError, TypeError, ValueError) as exc:
         raise StartupError(f'cannot load {settings.model} on {settings.backend}/'
@@ -141,6 +151,7 @@ class SegmentationNode(Node):
     def __init__(self, **kwargs):
         super().__init__(NODE_NAME, **kwargs)
         self.settings = self._declare_parameters()
+        _forward_runtime_log(self.get_logger())
         self.segmenter = build_segmenter(self.settings)
         entry = self.segmenter.entry
         self.palette = _palette(entry.palette if entry else (), self.segmenter.num_classes)
@@ -167,6 +178,8 @@ class SegmentationNode(Node):
                                                      DIAGNOSTICS_QOS)
 
         self.health = NodeHealth(self.settings.latency_budget_ms, self.input_topic)
+        self.backend_failures = 0   # frames a backend raised on
+        self.backend_switches = 0   # fallbacks to the next backend (backend:=auto)
         self.slot = LatestSlot()
         self._camera_info: Optional[CameraInfo] = None
         self._steady = Clock(clock_type=ClockType.STEADY_TIME)
@@ -277,12 +290,37 @@ class SegmentationNode(Node):
                 self.slot.done(processed=False)
                 if self.slot.closed or not self.context.ok():
                     return
-                reason = ' '.join(f'{type(exc).__name__}: {exc}'.split())
-                self.health.record_failure(time.monotonic(), reason)
-                self.get_logger().error(f'inference failed: {reason}',
-                                        throttle_duration_sec=5.0)
+                self._backend_failed(exc)
             else:
                 self.slot.done(processed=True)
+
+    def _backend_failed(self, exc: Exception) -> None:
+        """Count a failed frame, report ERROR and, under ``backend:=auto``, fall back.
+
+        The failed frame is counted as rejected. With ``auto`` the next backend of the auto
+        order is built (one log line naming both); with an explicit backend the same one
+        keeps being tried on later frames, and diagnostics stay at ERROR while it fails.
+        """
+        from evit_ros.runtime import BackendUnavailable
+        reason = ' '.join(f'{type(exc).__name__}: {exc}'.split())
+        self.backend_failures += 1
+        self.health.record_failure(time.monotonic(), reason)
+        failed = self.segmenter.backend_name
+        if self.settings.backend != 'auto':
+            self.get_logger().error(f'inference failed on {failed}: {reason}',
+                                    throttle_duration_sec=5.0)
+            return
+        try:
+            new = self.segmenter.fall_back()
+        except (BackendUnavailable, OSError, RuntimeError, ValueError) as error:
+            self.get_logger().error(
+                f'inference failed on {failed}: {reason}; no backend to fall back to '
+                f"({' '.join(str(error).split())}); retrying {failed}",
+                throttle_duration_sec=5.0)
+            return
+        self.backend_switches += 1
+        self.get_logger().error(f'inference failed on {failed}: {reason}; switched to {new} '
+                                f'on {self.segmenter.backend.device}')
 
     def _process(self, frame: Frame) -> None:
         start = time.perf_counter()
@@ -351,7 +389,9 @@ class SegmentationNode(Node):
                  ('device', settings.device), ('precision', settings.precision),
                  ('network_size', f'{height}x{width}'), ('input_topic', self.input_topic),
                  ('input_transport', settings.input_transport),
-                 ('output_resolution', settings.output_resolution)]
+                 ('output_resolution', settings.output_resolution),
+                 ('backend_failures', str(self.backend_failures)),
+                 ('backend_switches', str(self.backend_switches))]
         status = self.health.status(time.monotonic(), self.slot.counters(),
                                     f'{self.get_fully_qualified_name()}: segmentation',
                                     f'{settings.device}@{socket.gethostname()}', fixed)
@@ -359,7 +399,7 @@ class SegmentationNode(Node):
         array.header.stamp = self.get_clock().now().to_msg()
         self.diagnostics_pub.publish(array)
 
-    def stop(self, timeout: float = 1.5) -> None:
+    def stop(self, timeout: float = 1.0) -> None:
         """Stop the worker, waiting up to ``timeout`` seconds for the frame it runs."""
         self.slot.close()
         self._worker.join(timeout)
@@ -369,6 +409,34 @@ class SegmentationNode(Node):
         explicit = self.resolve_topic_name(IMAGE + COMPRESSED_SUFFIX)
         default = self.resolve_topic_name(IMAGE + COMPRESSED_SUFFIX, only_expand=True)
         return explicit if explicit != default else image_topic + COMPRESSED_SUFFIX
+
+
+class _RosLogHandler(logging.Handler):
+    """Send the runtime's Python log records (backend chosen, skipped...) to a ROS logger."""
+
+    def __init__(self, ros_logger):
+        super().__init__(logging.INFO)
+        self.ros_logger = ros_logger
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = ' '.join(self.format(record).split())
+        if record.levelno >= logging.ERROR:
+            self.ros_logger.error(text)
+        elif record.levelno >= logging.WARNING:
+            self.ros_logger.warning(text)
+        else:
+            self.ros_logger.info(text)
+
+
+def _forward_runtime_log(ros_logger) -> None:
+    """Route the ``evit_ros.runtime`` logger to ``ros_logger`` (one handler per process)."""
+    runtime = logging.getLogger('evit_ros.runtime')
+    for handler in list(runtime.handlers):
+        if isinstance(handler, _RosLogHandler):
+            runtime.removeHandler(handler)
+    runtime.addHandler(_RosLogHandler(ros_logger))
+    runtime.setLevel(logging.INFO)
+    runtime.propagate = False
 
 
 def _palette(colours, num_classes: int) -> np.ndarray:

@@ -73,10 +73,33 @@ class Segmenter:
         self.backend = create_backend(backend, module, self.input_size, device=device,
                                       precision=precision, entry=self.entry,
                                       weights=weights, **backend_options)
+        # Kept to build another backend when this one fails (see fall_back()).
+        self._module = module
+        self._build = dict(device=device, precision=precision, entry=self.entry,
+                           weights=weights, **backend_options)
+        self._postprocess = postprocess
         if postprocess == 'auto':
             postprocess = getattr(self.backend, 'postprocess', 'reference')
         #: ``reference`` or ``fast``: how :meth:`segment` turns logits into the label map.
         self.postprocess = postprocess
+
+    def fall_back(self) -> str:
+        """Replace the backend by the next one ``auto`` would try after it; return its name.
+
+        For a backend that failed while running. The label maps then are the new backend's
+        (as a Segmenter built with that backend gives).
+
+        :raises evit_ros.runtime.BackendUnavailable: when no later backend works; the
+            current one is kept.
+        """
+        from evit_ros.runtime.backends.selection import next_auto_backend
+        self.backend = next_auto_backend(self.backend, self._module, self.input_size,
+                                         **self._build)
+        postprocess = self._postprocess
+        if postprocess == 'auto':
+            postprocess = getattr(self.backend, 'postprocess', 'reference')
+        self.postprocess = postprocess
+        return self.backend.name
 
     @property
     def backend_name(self) -> str:

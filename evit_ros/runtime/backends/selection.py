@@ -4,15 +4,21 @@
 the CPU, PyTorch on the CPU, and takes the first that builds. Each one skipped gets one log
 line (logger ``evit_ros.runtime``) saying why, and the one chosen one more, so a robot's log
 always tells which backend, device and precision run.
+
+When a running backend fails, :func:`next_auto_backend` builds the next one of the ``auto``
+order after it (the node's fallback). Backends built here pass through
+:func:`evit_ros.runtime.fault_injection.armed`, the documented fault-injection switch.
 """
 
 import importlib
 import inspect
 import logging
+import os
 from typing import Dict, Optional, Set, Tuple
 
 from torch import nn
 
+from evit_ros.runtime import fault_injection
 from evit_ros.runtime.backends import Backend, BackendUnavailable
 
 LOG = logging.getLogger('evit_ros.runtime')
@@ -69,20 +75,41 @@ def create_backend(name: str, model: nn.Module, input_size: Tuple[int, int],
     """
     if name not in BACKENDS:
         raise ValueError(f'unknown backend {name!r}; choose one of {", ".join(BACKENDS)}')
+    fault_injection.parse(os.environ.get(fault_injection.VARIABLE, ''))
     if name == 'auto':
         return _auto(model, input_size, device, precision, options)
     cls = backend_class(name)
     backend = cls(model, input_size, device=device, precision=precision,
                   **_options_for(name, cls, options, strict=True))
     LOG.info('backend: %s on %s, %s', backend.name, backend.device, backend.precision)
-    return backend
+    return fault_injection.armed(backend)
 
 
-def _auto(model: nn.Module, input_size, device: str, precision: str, options) -> Backend:
+def next_auto_backend(current: Backend, model: nn.Module, input_size: Tuple[int, int],
+                      device: str = 'cpu', precision: str = 'fp32', **options) -> Backend:
+    """Build the first backend that works among those ``auto`` tries after ``current``.
+
+    Used when ``current`` failed at run time; arguments as :func:`create_backend`'s.
+
+    :raises BackendUnavailable: when no later candidate works (or none is left), saying why.
+    """
+    kind = 'cuda' if str(current.device).startswith('cuda') else 'cpu'
+    try:
+        later = AUTO_ORDER[AUTO_ORDER.index((current.name, kind)) + 1:]
+    except ValueError:
+        later = ()
+    if not later:
+        raise BackendUnavailable(f'auto: no backend left after {current.name} on '
+                                 f'{current.device}')
+    return _auto(model, input_size, device, precision, options, later)
+
+
+def _auto(model: nn.Module, input_size, device: str, precision: str, options,
+          order=AUTO_ORDER) -> Backend:
     gpu = device if str(device).startswith('cuda') else 'cuda'
     _check_options(options)
     reasons = []
-    for name, kind in AUTO_ORDER:
+    for name, kind in order:
         where = gpu if kind == 'cuda' else 'cpu'
         wanted, note = _auto_precision(name, kind, precision, options)
         try:
@@ -102,7 +129,7 @@ def _auto(model: nn.Module, input_size, device: str, precision: str, options) ->
         else:
             LOG.info('backend: %s on %s, %s (auto%s)', backend.name, backend.device,
                      backend.precision, f'; {note}' if note else '')
-            return backend
+            return fault_injection.armed(backend)
         reasons.append(f'{name} on {where}: {reason}')
     raise BackendUnavailable('auto: no backend works here: ' + '; '.join(reasons))
 
