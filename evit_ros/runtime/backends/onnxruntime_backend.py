@@ -192,6 +192,8 @@ class OnnxRuntimeBackend(Backend):
         proto, _ = build_onnx(model, self.input_size)
         if self.path is not None:
             try:
+                # User-only, like the engine folder: a session trusts the file it loads.
+                self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
                 save_onnx(proto, self.path)
             except OSError as exc:  # a read-only cache must not stop the robot
                 LOG.warning('onnxruntime: cannot cache %s (%s)', self.path, exc)
