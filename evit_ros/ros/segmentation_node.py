@@ -399,7 +399,7 @@ class SegmentationNode(Node):
         array.header.stamp = self.get_clock().now().to_msg()
         self.diagnostics_pub.publish(array)
 
-    def stop(self, timeout: float = 1.0) -> None:
+    def stop(self, timeout: float = 0.5) -> None:
         """Stop the worker, waiting up to ``timeout`` seconds for the frame it runs."""
         self.slot.close()
         self._worker.join(timeout)
