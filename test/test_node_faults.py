@@ -258,3 +258,30 @@ def test_startup_refuses_bad_checkpoints_and_paths(case, expected, weights_dir, 
     for text in expected:
         assert text in lines[0], lines
     assert not (tmp_path / 'pwned').exists()     # nothing was unpickled
+
+
+def test_fault_injection_switch_parses_and_wraps_only_the_named_backend(monkeypatch):
+    from evit_ros.runtime import Segmenter
+    from evit_ros.runtime.fault_injection import FaultyBackend, InjectedFault, parse
+    assert parse('') is None
+    assert parse('backend_raise_after:3') == (3, '')
+    assert parse('backend_raise_after:0:onnxruntime') == (0, 'onnxruntime')
+    for bad in ('raise', 'backend_raise_after', 'backend_raise_after:-1', 'backend_raise_after:x',
+                'backend_raise_after:1:torch:cpu'):
+        with pytest.raises(ValueError, match='EVIT_ROS_FAULT_INJECTION'):
+            parse(bad)
+    image = np.zeros((32, 64, 3), np.uint8)
+    monkeypatch.setenv('EVIT_ROS_FAULT_INJECTION', 'backend_raise_after:1:onnxruntime')
+    torch.manual_seed(0)   # random weights, the same for both Segmenters
+    plain = Segmenter('b0-cityscapes', backend='torch', weights=None, input_size=(32, 64))
+    assert not isinstance(plain.backend, FaultyBackend)
+    monkeypatch.setenv('EVIT_ROS_FAULT_INJECTION', 'backend_raise_after:1')
+    torch.manual_seed(0)
+    faulty = Segmenter('b0-cityscapes', backend='torch', weights=None, input_size=(32, 64))
+    assert isinstance(faulty.backend, FaultyBackend) and faulty.backend_name == 'torch'
+    np.testing.assert_array_equal(faulty.segment(image), plain.segment(image))
+    with pytest.raises(InjectedFault, match='torch frame 2'):
+        faulty.segment(image)
+    monkeypatch.setenv('EVIT_ROS_FAULT_INJECTION', 'backend_raise_after:x')
+    with pytest.raises(ValueError, match='not understood'):
+        Segmenter('b0-cityscapes', backend='torch', weights=None, input_size=(32, 64))
