@@ -154,11 +154,17 @@ def test_signal_writes_a_partial_report(camvid_bag, checkpoint, tmp_path, sig, c
             time.sleep(0.1)
         time.sleep(1.5)
         proc.send_signal(sig)
+        signalled = time.monotonic()
+        while proc.poll() is None and time.monotonic() - signalled < 60:
+            time.sleep(0.02)
+        stopped_after = time.monotonic() - signalled
         stdout, stderr = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == code, stderr.decode()
+    # Stops within 2 s of the signal, partial report, plots and bag written.
+    assert stopped_after < 2.0, f'replay took {stopped_after:.2f} s to stop'
     assert f'interrupted by {sig.name}: partial report' in stderr.decode()
     report = json.loads((out / 'report.json').read_text())
     assert report['interrupted'] == sig.name

@@ -500,7 +500,9 @@ def replay(options: ReplayOptions) -> Dict[str, object]:
         raise failure
     from evit_ros.eval.report import build_report, write_report
     report = build_report(run, interrupted=stop.signum, error=str(failure) if failure else None)
-    write_report(Path(options.out), report, run)
+    if stop.signum is not None:
+        report['plots'] = 'skipped: the run was interrupted'
+    write_report(Path(options.out), report, run, plots=stop.signum is None)
     if failure is not None:
         raise ReplayError(f'{failure} (partial report of {run.frames} frames in '
                           f'{options.out})')

@@ -185,13 +185,19 @@ def write_frames_csv(path: Path, records) -> None:
                              else f'{r.pipeline_latency_ms:.3f}'])
 
 
-def write_report(out: Path, report: Dict[str, object], run) -> None:
-    """Write ``report.json``, ``report.md``, ``frames.csv`` and the plots into ``out``."""
-    from evit_ros.eval.plots import plot_latency, plot_per_class_iou, plot_samples
+def write_report(out: Path, report: Dict[str, object], run, plots: bool = True) -> None:
+    """Write ``report.json``, ``report.md``, ``frames.csv`` and (unless not ``plots``) the plots.
+
+    An interrupted run skips the plots: drawing them takes about a second, and a stopped
+    replay must exit within 2 s.
+    """
     out = Path(out)
     (out / 'report.json').write_text(json.dumps(report, indent=2) + '\n')
     (out / 'report.md').write_text(markdown(report))
     write_frames_csv(out / 'frames.csv', run.scorer.records)
+    if not plots:
+        return
+    from evit_ros.eval.plots import plot_latency, plot_per_class_iou, plot_samples
     plot_per_class_iou(out / 'per_class_iou.png', report['per_class_iou'], report['miou'])
     latencies = run.latencies if report['mode'] == 'offline' else run.pipeline
     title = ('Segmenter latency per frame' if report['mode'] == 'offline'
