@@ -1,9 +1,10 @@
 """Long runs and crowds: the node's memory, file descriptors and threads stay flat.
 
 * Soak: :data:`SOAK_FRAMES` 512x1024 frames through the onnxruntime backend (two threads,
-  network 256x512 to fit a 2-core CI machine in a few minutes), published at a steady rate
-  above the node's (depth-1 drops allowed). Resident memory after frame :data:`WARM_UP`
-  grows by less than 5 %, descriptors and threads not at all, and every frame is counted.
+  network 256x512 to fit a 2-core CI machine in a few minutes), published best effort at a
+  steady 1.5x the node's warm-up rate, at most 60 Hz (depth-1 drops allowed). Resident
+  memory after frame :data:`WARM_UP` grows by less than 5 %, descriptors and threads not
+  at all, and every frame is counted.
 * Crowd: three publishers on the image topic, three label-map subscribers and a subscriber
   that joins and leaves ``~/color_mask`` and ``~/overlay`` :data:`CYCLES` times, each
   time staying for :data:`PER_CYCLE` messages of each.
