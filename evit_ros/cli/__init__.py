@@ -3,6 +3,7 @@
 import argparse
 import importlib
 import importlib.util
+import logging
 import sys
 from typing import List, Optional
 
@@ -23,6 +24,16 @@ class CommandError(Exception):
     def __init__(self, message: str, code: int = 1):
         super().__init__(message)
         self.code = code
+
+
+def log_runtime_to_stderr() -> None:
+    """Show the runtime's progress lines (exports, engine builds, cache decisions) on stderr."""
+    logger = logging.getLogger('evit_ros.runtime')
+    if not logging.getLogger().handlers and not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter('%(asctime)s %(message)s', '%H:%M:%S'))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
 
 
 def build_parser() -> argparse.ArgumentParser:

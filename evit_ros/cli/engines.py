@@ -5,10 +5,9 @@ node will load, so the node starts in seconds instead of blocking on a build.
 """
 
 import argparse
-import logging
 import sys
 
-from evit_ros.cli import CommandError
+from evit_ros.cli import CommandError, log_runtime_to_stderr
 from evit_ros.model import check_input_size
 from evit_ros.model.registry import get_entry, MODELS, UnknownModelError
 from evit_ros.runtime.engine_cache import ENGINE_DIR_ENV, EngineCache, EngineCacheError
@@ -87,7 +86,7 @@ def _build_engine(args) -> int:
         DEFAULT_WORKSPACE_MB, TensorRTBackend, tensorrt_missing, TRT_MISSING)
     if tensorrt_missing():
         raise CommandError(TRT_MISSING)
-    _log_to_stderr()
+    log_runtime_to_stderr()
     from evit_ros.model import CheckpointError, create_model
     from evit_ros.runtime.backends import BackendUnavailable
     from evit_ros.weights import WeightsNotFound
@@ -108,16 +107,6 @@ def _build_engine(args) -> int:
     print(f'{backend.engine_path} ({state}; {args.precision}, {height}x{width}, '
           f'TensorRT {backend.key.tensorrt_version}, {backend.key.gpu_name})')
     return 0
-
-
-def _log_to_stderr() -> None:
-    """Show the runtime's progress lines (build heartbeat, cache decisions) on stderr."""
-    logger = logging.getLogger('evit_ros.runtime')
-    if not logging.getLogger().handlers and not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter('%(asctime)s %(message)s', '%H:%M:%S'))
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
 
 
 def _list(args) -> int:

@@ -1,11 +1,10 @@
 """``evit-ros export`` (checked ONNX) and ``evit-ros bench`` (latency of whole segment() calls)."""
 
 import json
-import logging
 import sys
 from pathlib import Path
 
-from evit_ros.cli import CommandError
+from evit_ros.cli import CommandError, log_runtime_to_stderr
 from evit_ros.model.registry import get_entry, MODELS, UnknownModelError
 
 BACKENDS = ('torch', 'onnxruntime', 'tensorrt', 'auto')
@@ -134,7 +133,7 @@ def _bench(args) -> int:
     if args.runs < 1 or args.warmup < 0:
         raise CommandError('--runs must be >= 1 and --warmup >= 0')
     image = _read_rgb(args.image) if args.image else synthetic_frame()
-    _log_to_stderr()
+    log_runtime_to_stderr()
     options = {}
     if args.threads:
         options['threads'] = args.threads
@@ -173,13 +172,3 @@ def _bench(args) -> int:
         except OSError as exc:
             raise CommandError(f'cannot write {args.json}: {exc.strerror or exc}') from None
     return 0
-
-
-def _log_to_stderr() -> None:
-    """Show the runtime's progress lines (exports, cache decisions) on stderr."""
-    logger = logging.getLogger('evit_ros.runtime')
-    if not logging.getLogger().handlers and not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter('%(asctime)s %(message)s', '%H:%M:%S'))
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
