@@ -8,6 +8,13 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
+# Fast DDS reads its XML profile once per process, when the first participant is created,
+# so every rclpy participant of the test process must see the large-image profile from the
+# start: best-effort images above the default 512 KB shared-memory segment are otherwise
+# dropped silently, whichever test happened to create the first participant.
+os.environ.setdefault('FASTDDS_DEFAULT_PROFILES_FILE',
+                      str(REPO / 'config' / 'fastdds_large_images.xml'))
+
 
 def shared_dir() -> Path:
     """Return ``$EVIT_ROS_SHARED`` (default ``../shared`` beside the repository)."""
