@@ -78,10 +78,8 @@ class Segmenter:
         self._build = dict(device=device, precision=precision, entry=self.entry,
                            weights=weights, **backend_options)
         self._postprocess = postprocess
-        if postprocess == 'auto':
-            postprocess = getattr(self.backend, 'postprocess', 'reference')
         #: ``reference`` or ``fast``: how :meth:`segment` turns logits into the label map.
-        self.postprocess = postprocess
+        self.postprocess = self._postprocess_for(self.backend)
 
     def fall_back(self) -> str:
         """Replace the backend by the next one ``auto`` would try after it; return its name.
@@ -95,11 +93,14 @@ class Segmenter:
         from evit_ros.runtime.backends.selection import next_auto_backend
         self.backend = next_auto_backend(self.backend, self._module, self.input_size,
                                          **self._build)
-        postprocess = self._postprocess
-        if postprocess == 'auto':
-            postprocess = getattr(self.backend, 'postprocess', 'reference')
-        self.postprocess = postprocess
+        self.postprocess = self._postprocess_for(self.backend)
         return self.backend.name
+
+    def _postprocess_for(self, backend) -> str:
+        """Resolve the requested post-processing (``auto``: the backend's preference)."""
+        if self._postprocess == 'auto':
+            return getattr(backend, 'postprocess', 'reference')
+        return self._postprocess
 
     @property
     def backend_name(self) -> str:
