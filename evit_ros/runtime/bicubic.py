@@ -15,6 +15,7 @@ guarantees ``c`` wins. Only the (block, class) pairs that fail the test are inte
 The result equals the dense computation up to float rounding at exact ties.
 """
 
+import functools
 from typing import Tuple
 
 import numpy as np
@@ -96,6 +97,10 @@ class _AxisPlan:
         return np.take(array, self.position, axis=axis)
 
 
+# A camera's frames all have one size: plan each axis once, not per frame.
+_axis_plan = functools.lru_cache(maxsize=16)(_AxisPlan)
+
+
 def bicubic_argmax(logits, size: Tuple[int, int]) -> np.ndarray:
     """Return the argmax over classes of ``logits`` bicubically resized to ``size``.
 
@@ -118,7 +123,7 @@ def bicubic_argmax(logits, size: Tuple[int, int]) -> np.ndarray:
     dtype = np.uint8 if classes <= 256 else np.uint16
     if (height, width) == tuple(size):
         return logits.argmax(0).astype(dtype)
-    rows, cols = _AxisPlan(height, int(size[0])), _AxisPlan(width, int(size[1]))
+    rows, cols = _axis_plan(height, int(size[0])), _axis_plan(width, int(size[1]))
     blocks = _label_blocks(logits, rows, cols, dtype)
     full = blocks.reshape(rows.groups * rows.size, cols.groups * cols.size)
     return np.ascontiguousarray(cols.gather(rows.gather(full, 0), 1))
