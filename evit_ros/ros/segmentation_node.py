@@ -19,6 +19,7 @@ frames instead of queueing them. Parameters are in :mod:`evit_ros.ros.parameters
 
 import json
 import logging
+import os
 import socket
 import sys
 import threading
@@ -399,10 +400,14 @@ class SegmentationNode(Node):
         array.header.stamp = self.get_clock().now().to_msg()
         self.diagnostics_pub.publish(array)
 
-    def stop(self, timeout: float = 0.5) -> None:
-        """Stop the worker, waiting up to ``timeout`` seconds for the frame it runs."""
+    def stop(self, timeout: float = 0.5) -> bool:
+        """Stop the worker, waiting up to ``timeout`` seconds for the frame it runs.
+
+        :returns: whether the worker has finished (``False``: a frame is still running).
+        """
         self.slot.close()
         self._worker.join(timeout)
+        return not self._worker.is_alive()
 
     def _compressed_topic(self, image_topic: str) -> str:
         # image_transport's convention: <base topic>/compressed, unless remapped explicitly.
@@ -464,6 +469,7 @@ def main(args: Optional[List[str]] = None) -> int:
               file=sys.stderr)
         return EXIT_PARAMETER
     node = None
+    finished = True
     try:
         node = SegmentationNode()
         rclpy.spin(node)
@@ -474,9 +480,16 @@ def main(args: Optional[List[str]] = None) -> int:
         pass
     finally:
         if node is not None:
-            node.stop()
+            finished = node.stop()
             node.destroy_node()
         rclpy.try_shutdown()
+    if not finished:
+        # A frame is still inside the backend's native code. Interpreter teardown would
+        # unload libraries under that thread (std::terminate, SIGABRT); the node's outputs
+        # are already closed, so leave without it.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0
 
 
