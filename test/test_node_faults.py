@@ -14,6 +14,7 @@ ROS domains 140-179 (this file's range).
 """
 
 import itertools
+import os
 import signal
 import time
 
@@ -29,7 +30,7 @@ NETWORK = (128, 256)
 PARAMS = {'network_height': NETWORK[0], 'network_width': NETWORK[1],
           'diagnostics_period': 0.2, 'latency_budget_ms': 100000.0}
 CHECKPOINT = 'efficientvit_seg_b0_cityscapes.pt'
-_DOMAINS = itertools.count()
+_DOMAINS = itertools.count(os.getpid() * 7)
 
 
 def domain_id() -> int:
