@@ -57,7 +57,8 @@ def skips(lines):
 
 @NO_GPU_HERE
 def test_auto_here_falls_back_to_the_cpu(model, runtime_log):
-    backend = create_backend('auto', model, SIZE, engine_dir='/nonexistent/engines')
+    backend = create_backend('auto', model, SIZE, device='cuda',
+                             engine_dir='/nonexistent/engines')
     expected = 'onnxruntime' if HAVE_ORT_BACKEND else 'torch'
     assert (backend.name, backend.device, backend.precision) == (expected, 'cpu', 'fp32')
     lines = runtime_log()
@@ -66,8 +67,8 @@ def test_auto_here_falls_back_to_the_cpu(model, runtime_log):
     assert {k: len(v) for k, v in found.items()} == {
         'tensorrt on cuda': 1, 'onnxruntime on cuda': 1, 'torch on cuda': 1,
         **({} if HAVE_ORT_BACKEND else {'onnxruntime on cpu': 1})}
-    assert found['tensorrt on cuda'][0].startswith(
-        "TensorRT not installed: install it from NVIDIA's JetPack / pip index")
+    assert found['tensorrt on cuda'][0].startswith('TensorRT is not installed here (it needs '
+                                                   'an NVIDIA GPU')
     assert found['torch on cuda'] == ['CUDA is not available on this machine']
     assert len(found['onnxruntime on cuda'][0]) > 10
     assert lines[-1] == f'backend: {expected} on cpu, fp32 (auto)'
@@ -79,7 +80,7 @@ def test_auto_here_falls_back_to_the_cpu(model, runtime_log):
 
 @NO_GPU_HERE
 def test_auto_on_the_cpu_says_when_it_runs_fp32(model, runtime_log):
-    backend = create_backend('auto', model, SIZE, precision='fp16')
+    backend = create_backend('auto', model, SIZE, device='cuda', precision='fp16')
     assert backend.device == 'cpu' and backend.precision == 'fp32'
     assert skips(runtime_log())['onnxruntime on cuda'] == [
         'it has no fp16 (TensorRT or torch do); fp16 was asked for']
@@ -99,7 +100,7 @@ def test_segmenter_reports_the_backend_auto_chose(model):
 
 @NO_GPU_HERE
 def test_explicit_tensorrt_is_unavailable_here(model, tmp_path):
-    with pytest.raises(BackendUnavailable, match='^tensorrt: TensorRT not installed: '):
+    with pytest.raises(BackendUnavailable, match='^tensorrt: TensorRT is not installed here '):
         create_backend('tensorrt', model, SIZE, device='cuda', precision='fp16',
                        engine_dir=str(tmp_path))
 
@@ -156,7 +157,7 @@ def test_auto_order_and_fallback_reasons(model, monkeypatch, runtime_log):
         'tensorrt': stand_in('tensorrt', RuntimeError('CUDA driver version is insufficient')),
         'onnxruntime': stand_in('onnxruntime'),
     })
-    backend = create_backend('auto', model, SIZE)
+    backend = create_backend('auto', model, SIZE, device='cuda')
     # A broken TensorRT is skipped with a warning; ONNX Runtime CUDA is next in line.
     assert (backend.name, backend.device, backend.precision) == ('onnxruntime', 'cuda', 'fp32')
     assert runtime_log(logging.WARNING) == [
@@ -172,7 +173,7 @@ def test_auto_skips_candidates_without_the_precision(model, monkeypatch, runtime
         'onnxruntime': stand_in('onnxruntime'),
         'torch': stand_in('torch'),
     })
-    backend = create_backend('auto', model, SIZE, precision='int8')
+    backend = create_backend('auto', model, SIZE, device='cuda', precision='int8')
     assert (backend.name, backend.device, backend.precision) == ('torch', 'cuda', 'fp16')
     assert skips(runtime_log()) == {
         'tensorrt on cuda': ['not here'],
@@ -185,7 +186,7 @@ def test_auto_with_nothing_working_says_why_for_each(model, monkeypatch):
     patch_classes(monkeypatch, {name: stand_in(name, BackendUnavailable(f'{name}: no'))
                                 for name in BACKENDS[1:]})
     with pytest.raises(BackendUnavailable) as info:
-        create_backend('auto', model, SIZE)
+        create_backend('auto', model, SIZE, device='cuda')
     assert str(info.value) == (
         'auto: no backend works here: tensorrt on cuda: no; onnxruntime on cuda: no; '
         'torch on cuda: no; onnxruntime on cpu: no; torch on cpu: no')
@@ -193,10 +194,71 @@ def test_auto_with_nothing_working_says_why_for_each(model, monkeypatch):
 
 def test_auto_skips_a_backend_refusing_a_setting(model, monkeypatch, runtime_log):
     patch_classes(monkeypatch, {'tensorrt': stand_in('tensorrt', ValueError('bad calib'))})
-    backend = create_backend('auto', model, SIZE)
+    backend = create_backend('auto', model, SIZE, device='cuda')
     assert backend.device == 'cpu'
     assert runtime_log(logging.WARNING) == ['auto: skipping tensorrt on cuda: ValueError: '
                                             'bad calib']
     patch_classes(monkeypatch, {'tensorrt': stand_in('tensorrt', TypeError('a bug'))})
     with pytest.raises(TypeError, match='a bug'):
-        create_backend('auto', model, SIZE)
+        create_backend('auto', model, SIZE, device='cuda')
+
+
+def test_device_cpu_keeps_auto_off_the_gpu(model, monkeypatch, runtime_log):
+    built = []
+
+    class WouldWork(StandIn):
+        def __init__(self, *args, **kwargs):
+            built.append(kwargs.get('device'))
+            super().__init__(*args, **kwargs)
+    patch_classes(monkeypatch, {'tensorrt': type('T', (WouldWork,), {'name': 'tensorrt'}),
+                                'onnxruntime': type('O', (WouldWork,), {'name': 'onnxruntime'})})
+    backend = create_backend('auto', model, SIZE, device='cpu')
+    # TensorRT and ONNX Runtime CUDA would build, but cpu means no GPU candidate is tried.
+    assert (backend.name, backend.device) == ('onnxruntime', 'cpu')
+    assert built == ['cpu']
+    assert skips(runtime_log()) == {}
+    backend = create_backend('auto', model, SIZE, device='cuda')
+    assert (backend.name, backend.device) == ('tensorrt', 'cuda')
+
+
+def test_options_reach_torch_when_other_backends_do_not_import(model, monkeypatch):
+    """Issue 10: with onnxruntime's module unimportable, torch got its options and failed."""
+    real = selection.backend_class
+
+    def broken(name):
+        if name == 'onnxruntime':
+            raise BackendUnavailable('onnxruntime: cannot import x: ImportError: shadowed')
+        return real(name)
+    monkeypatch.setattr(selection, 'backend_class', broken)
+    segmenter = Segmenter(model, backend='torch', input_size=SIZE)   # passes entry, weights
+    assert segmenter.backend_name == 'torch'
+    backend = create_backend('torch', model, SIZE, entry=None, weights='official',
+                             onnx_file='/x.onnx', engine_dir='/e', max_batch=2)
+    assert backend.name == 'torch'
+    with pytest.raises(ValueError, match='unknown backend option'):
+        create_backend('torch', model, SIZE, workspace_mbb=10)
+
+
+def test_unavailable_backend_shows_the_real_import_error(monkeypatch):
+    monkeypatch.setitem(selection._CLASSES, 'onnxruntime',
+                        ('evit_ros.runtime.backends.no_such_module', 'X'))
+    with pytest.raises(BackendUnavailable) as info:
+        selection.backend_class('onnxruntime')
+    assert str(info.value) == (
+        'onnxruntime: cannot import evit_ros.runtime.backends.no_such_module: '
+        "ModuleNotFoundError: No module named 'evit_ros.runtime.backends.no_such_module'")
+
+
+@pytest.mark.parametrize('name', ['torch', 'onnxruntime', 'tensorrt'])
+def test_option_table_matches_the_constructors(name):
+    own, takes_any = selection._signature(selection.backend_class(name))
+    assert own == set(selection.OPTIONS[name]) and not takes_any
+
+
+def test_prebuilt_file_picks_its_backend():
+    assert selection.prebuilt_options('auto', '/e/b0.engine') == (
+        'tensorrt', {'engine': '/e/b0.engine'})
+    assert selection.prebuilt_options('auto', '/a/b0_int8.onnx') == (
+        'onnxruntime', {'onnx_file': '/a/b0_int8.onnx'})
+    with pytest.raises(ValueError, match='backend torch cannot run a prebuilt file'):
+        selection.prebuilt_options('torch', '/e/b0.engine')

@@ -137,10 +137,9 @@ def stand_in_tensorrt(proto):
     definition with one layer per ONNX node, as TensorRT's ONNX parser names them."""
     kinds = {name: types.SimpleNamespace(name=name) for name in set(_TRT_KIND.values())}
     trt = types.SimpleNamespace(
-        float32='float32', int64='int64',
+        DataType=types.SimpleNamespace(FLOAT='float32', INT64='int64'),
         LayerType=types.SimpleNamespace(**kinds),
-        BuilderFlag=types.SimpleNamespace(OBEY_PRECISION_CONSTRAINTS='obey',
-                                          STRICT_TYPES='strict'))
+        BuilderFlag=types.SimpleNamespace(OBEY_PRECISION_CONSTRAINTS='obey'))
     floats = {v.name for v in list(proto.graph.value_info) + list(proto.graph.output)
               + list(proto.graph.input) if v.type.tensor_type.elem_type == 1}
     initializers = {i.name for i in proto.graph.initializer}
@@ -226,8 +225,8 @@ def test_bad_settings_are_refused_first(model, kwargs, message):
 def test_without_tensorrt_the_reason_is_given(model, tmp_path):
     with pytest.raises(BackendUnavailable) as info:
         TensorRTBackend(model, (64, 64), device='cuda', precision='fp16', engine_dir=tmp_path)
-    assert str(info.value).startswith('tensorrt: TensorRT not installed: install it from '
-                                      "NVIDIA's JetPack / pip index")
+    assert str(info.value).startswith('tensorrt: TensorRT is not installed here (it needs an '
+                                      'NVIDIA GPU; on a Jetson it comes with JetPack) (')
     assert list(tmp_path.iterdir()) == []
 
 

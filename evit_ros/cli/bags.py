@@ -130,6 +130,9 @@ def _model_arguments(parser) -> None:
     parser.add_argument('--backend', default='torch', help='inference backend (torch)')
     parser.add_argument('--device', default='cpu', help='cpu or cuda[:N]')
     parser.add_argument('--precision', default='fp32', help='fp32 (fp16 on CUDA)')
+    parser.add_argument('--engine', metavar='PATH',
+                        help='prebuilt TensorRT engine (evit-ros build-engine) or ONNX '
+                             'artifact (.onnx) to run as it is, no build or calibration')
     parser.add_argument('--network-size', type=network_size,
                         help="network input HxW, multiples of 32 (default the model's)")
 
@@ -175,7 +178,8 @@ def _options(args: argparse.Namespace, **overrides):
         label_topic=args.label_topic, labels_dir=Path(args.labels) if args.labels else None,
         label_format=args.label_format, mapping_file=Path(args.mapping) if args.mapping else None,
         model=args.model, weights=args.weights, backend=args.backend, device=args.device,
-        precision=args.precision, network_size=args.network_size, mode=args.mode,
+        precision=args.precision, engine=getattr(args, 'engine', None),
+        network_size=args.network_size, mode=args.mode,
         rate=args.rate, lockstep=args.lockstep, max_frames=args.max_frames, force=args.force,
         out_storage=args.out_storage, qos_reliability=args.qos_reliability)
     values.update(overrides)

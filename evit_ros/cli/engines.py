@@ -1,7 +1,10 @@
 """``evit-ros build-engine`` and ``evit-ros engines list | clean``: the TensorRT engine cache.
 
 ``build-engine`` is the robot's "build only" step: it builds (or validates) the engine the
-node will load, so the node starts in seconds instead of blocking on a build.
+node will load, so the node starts in seconds instead of blocking on a build. On TensorRT
+>= 10 it first makes the precision's ONNX artifact (int8: calibrated on ``--calib`` once,
+there) and compiles that; the printed engine path is what the node's ``engine`` parameter and
+replay's ``--engine`` take.
 """
 
 import argparse
@@ -19,9 +22,12 @@ def register(subparsers) -> None:
     """Add ``build-engine`` and ``engines`` to the ``evit-ros`` parser."""
     build = subparsers.add_parser(
         'build-engine', help='build the TensorRT engine for a model ahead of time',
-        description='Export the model to ONNX and build a TensorRT engine into the engine '
-                    'folder (reused as is when a valid one is cached). In fp16/int8 the '
-                    'attention stays fp32. Prints where the engine went.')
+        description='Build a TensorRT engine into the engine folder (reused as is when a '
+                    'valid one is cached). Needs an NVIDIA GPU with TensorRT 8.5, 8.6, 10.x '
+                    'or 11.x. On TensorRT >= 10 the engine is compiled from the precision\'s '
+                    'ONNX artifact (int8: calibrated on --calib when the artifact is made); '
+                    'on 8.x with precision flags, attention kept fp32. Prints where the '
+                    'engine went: pass it to the node (engine:=PATH) or replay (--engine).')
     build.add_argument('--model', required=True, help=f'model name ({", ".join(MODELS)})')
     build.add_argument('--weights', default='official',
                        help='"official" (default), a checkpoint path, or "none" (random)')
@@ -38,6 +44,8 @@ def register(subparsers) -> None:
     build.add_argument('--workspace-mb', type=int, default=None,
                        help='TensorRT builder workspace limit in MiB (default 1024; lower it '
                             'when a Jetson runs out of memory)')
+    build.add_argument('--max-batch', type=int, default=1,
+                       help='largest batch the engine takes (multi-camera nodes; default 1)')
     build.add_argument('--device', default='cuda', help='GPU, e.g. cuda or cuda:1')
     build.add_argument('--engine-dir', help=f'engine folder (default ${ENGINE_DIR_ENV} or the '
                                             'package\'s engines/)')
@@ -82,10 +90,16 @@ def _build_engine(args) -> int:
                            '--calib BAG (a rosbag2 bag)')
     if args.calib and args.precision != 'int8':
         raise CommandError(f'--calib only applies to --precision int8, not {args.precision}')
+    if args.max_batch < 1:
+        raise CommandError(f'--max-batch must be >= 1, got {args.max_batch}')
     from evit_ros.runtime.backends.tensorrt_backend import (
-        DEFAULT_WORKSPACE_MB, TensorRTBackend, tensorrt_missing, TRT_MISSING)
-    if tensorrt_missing():
-        raise CommandError(TRT_MISSING)
+        DEFAULT_WORKSPACE_MB, TensorRTBackend, tensorrt_missing)
+    missing = tensorrt_missing()
+    if missing:
+        raise CommandError(
+            'build-engine needs an NVIDIA GPU with TensorRT (8.5, 8.6, 10.x or 11.x) and '
+            'cuda-python or pycuda; ' + missing[len('tensorrt: '):]
+            + '. Without a GPU, run the model on the CPU with onnxruntime instead')
     log_runtime_to_stderr()
     from evit_ros.model import CheckpointError, create_model
     from evit_ros.runtime.backends import BackendUnavailable
@@ -100,12 +114,13 @@ def _build_engine(args) -> int:
             model, (height, width), device=args.device, precision=args.precision,
             engine_dir=args.engine_dir, workspace_mb=args.workspace_mb or DEFAULT_WORKSPACE_MB,
             calib=args.calib, calib_topic=args.calib_topic, calib_images=args.calib_images,
-            rebuild=args.rebuild, entry=entry, weights=weights)
+            rebuild=args.rebuild, entry=entry, weights=weights, max_batch=args.max_batch)
     except BackendUnavailable as exc:
         raise CommandError(str(exc)) from None
     state = 'built' if backend.built else 'already cached and valid'
-    print(f'{backend.engine_path} ({state}; {args.precision}, {height}x{width}, '
-          f'TensorRT {backend.key.tensorrt_version}, {backend.key.gpu_name})')
+    print(f'{backend.engine_path} ({state}; {backend.precision}, {height}x{width}, batch up '
+          f'to {backend.max_batch}, TensorRT {backend.key.tensorrt_version}, '
+          f'{backend.key.gpu_name})')
     return 0
 
 
@@ -116,15 +131,19 @@ def _list(args) -> int:
         print(f'no engines in {cache.directory}')
         return 0
     print(f'engines in {cache.directory}:')
-    rows = [('ENGINE', 'MODEL', 'INPUT', 'PREC', 'TENSORRT', 'GPU', 'MB', 'BUILT', 'STATUS')]
+    rows = [('ENGINE', 'MODEL', 'INPUT', 'PREC', 'TENSORRT', 'TYPING', 'CPU_MIOU', 'AGREE',
+             'GPU', 'MB', 'BUILT', 'STATUS')]
     for record in records:
         key = record.key
+        miou, agreement = artifact_checks(record.build)
         rows.append((
             record.path.name,
             key.model if key else '?',
             'x'.join(map(str, key.input_shape[-2:])) if key else '?',
             key.precision if key else '?',
             key.tensorrt_version if key else '?',
+            str(record.build.get('typing', '?')),
+            miou, agreement,
             f'{key.gpu_name} (sm {key.compute_capability})' if key else '?',
             f'{record.size_bytes / 1e6:.1f}',
             record.built_at or '?',
@@ -133,6 +152,20 @@ def _list(args) -> int:
     for row in rows:
         print('  '.join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
     return 0
+
+
+def artifact_checks(build: dict) -> tuple:
+    """Return the artifact's CPU CamVid mIoU and argmax agreement with fp32, as text.
+
+    From the engine sidecar's ``build.artifact.checks`` (the artifact's own sidecar); ``-``
+    when the engine was not compiled from a checked artifact (TensorRT 8.x builds).
+    """
+    checks = ((build or {}).get('artifact') or {}).get('checks') or {}
+    miou, agreement = checks.get('camvid_miou'), checks.get('argmax_agreement')
+    if isinstance(agreement, (int, float)):  # a fraction, or already a percentage
+        agreement = float(agreement) * (100 if agreement <= 1 else 1)
+    return (f'{float(miou):.2f}' if isinstance(miou, (int, float)) else '-',
+            f'{agreement:.2f}%' if isinstance(agreement, float) else '-')
 
 
 def _clean(args) -> int:

@@ -61,6 +61,8 @@ class ReplayOptions:
     backend: str = 'torch'
     device: str = 'cpu'
     precision: str = 'fp32'
+    #: a prebuilt TensorRT engine / ONNX artifact run as it is (Segmenter's ``engine``).
+    engine: Optional[str] = None
     network_size: Optional[Tuple[int, int]] = None
     mode: str = 'offline'
     rate: Optional[float] = None
@@ -305,7 +307,7 @@ def make_segmenter(options: ReplayOptions):
     try:
         return Segmenter(options.model, backend=options.backend, device=options.device,
                          input_size=options.network_size, weights=options.weights,
-                         precision=options.precision)
+                         precision=options.precision, engine=options.engine)
     except (WeightsNotFound, CheckpointError, BackendUnavailable, ValueError) as exc:
         raise ReplayError(str(exc)) from None
 
@@ -327,6 +329,8 @@ def _node_parameters(options: ReplayOptions) -> Dict[str, object]:
         params['weights'] = str(Path(options.weights).expanduser().resolve())
     if options.network_size:
         params['network_height'], params['network_width'] = options.network_size
+    if options.engine:
+        params['engine'] = str(Path(options.engine).expanduser().resolve())
     return params
 
 

@@ -179,6 +179,11 @@ PARAMETERS: Tuple[ParameterSpec, ...] = (
     ParameterSpec('engine_dir', '',
                   "Folder for TensorRT engines / ONNX files; '' = the evit_ros cache.",
                   constraints="'' or a folder path"),
+    ParameterSpec('engine', '',
+                  'Prebuilt file run as it is, no build or calibration at start-up: a TensorRT '
+                  "engine (evit-ros build-engine) or an ONNX artifact (evit-ros export, for "
+                  "onnxruntime); its precision is what runs. '' = build or use the cache.",
+                  constraints="'' or an .engine / .onnx file path"),
 )
 
 SPECS: Dict[str, ParameterSpec] = {spec.name: spec for spec in PARAMETERS}
@@ -204,6 +209,7 @@ class NodeSettings:
     latency_budget_ms: float
     diagnostics_period: float
     engine_dir: str
+    engine: str
 
     @property
     def network_size(self) -> Optional[Tuple[int, int]]:

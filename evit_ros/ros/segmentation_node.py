@@ -133,6 +133,8 @@ def build_segmenter(settings: NodeSettings):
         weights = str(Path(weights).expanduser().resolve())
     if settings.cpu_threads:
         options['threads'] = settings.cpu_threads
+    if settings.engine:
+        options['engine'] = str(Path(settings.engine).expanduser().resolve())
     try:
         return Segmenter(settings.model, backend=settings.backend, device=settings.device,
                          input_size=settings.network_size,

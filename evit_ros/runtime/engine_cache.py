@@ -2,7 +2,10 @@
 
 An engine only runs where it was built: the same TensorRT version, GPU and settings. Each
 engine file ``<model>_<H>x<W>_<precision>_<digest>.engine`` has a JSON sidecar holding the
-full :class:`EngineKey` it was built for plus the engine's own size and sha256. On load the
+full :class:`EngineKey` it was built for, the engine's own size and sha256, and what the
+builder reports about the build (``build``: the typing, the ONNX artifact and its CPU checks).
+On TensorRT >= 10 the precision's ONNX artifact sits beside the engine (``<stem>.onnx`` and
+its sidecar ``<stem>.onnx.json``). On load the
 key, size, hash and deserialisation are all checked; any failure logs ONE line saying why and
 rebuilds the engine instead of crashing. Writes are atomic (temp file + rename), the folder
 is private (0o700) and a lock file keeps two processes from building the same engine at once.
@@ -41,17 +44,19 @@ LOG = logging.getLogger('evit_ros.runtime')
 #: environment variable naming the engine folder.
 ENGINE_DIR_ENV = 'EVIT_ROS_ENGINE_DIR'
 #: version of the key and sidecar layout; a change makes every older engine rebuild.
-KEY_FORMAT = 1
+#: 2: the workspace left the key (it limits the build, not what the engine computes).
+KEY_FORMAT = 2
 #: seconds between "still building" log lines.
 HEARTBEAT_S = 5.0
 ENGINE_SUFFIX = '.engine'
 SIDECAR_SUFFIX = '.json'
 CALIBRATION_SUFFIX = '.calib'
+ARTIFACT_SUFFIX = '.onnx'
 LOCK_SUFFIX = '.lock'
 # Only files named like this are ever listed or removed, whatever folder the user points at.
 _STEM = r'[A-Za-z0-9.+-]+_\d+x\d+_(?:fp32|fp16|int8)_[0-9a-f]{16}'
-_OWN_FILE = re.compile(rf'^(?:{_STEM})(?:\.engine|\.json|\.calib|\.lock)$')
-_OWN_TEMP = re.compile(rf'^\.(?:{_STEM})\.(?:engine|json|calib)\..*\.tmp$')
+_OWN_FILE = re.compile(rf'^(?:{_STEM})(?:\.engine|\.json|\.calib|\.lock|\.onnx|\.onnx\.json)$')
+_OWN_TEMP = re.compile(rf'^\.(?:{_STEM})\.(?:engine|json|calib|onnx|onnx\.json)\..*\.tmp$')
 
 
 class EngineCacheError(RuntimeError):
@@ -70,7 +75,6 @@ class EngineKey:
     tensorrt_version: str
     gpu_name: str
     compute_capability: str
-    workspace_mb: int
     build_settings: Tuple[Tuple[str, str], ...] = ()
 
     def to_dict(self) -> Dict[str, Any]:
@@ -94,7 +98,6 @@ class EngineKey:
         try:
             values = dict(data)
             values['input_shape'] = tuple(int(v) for v in data['input_shape'])
-            values['workspace_mb'] = int(data['workspace_mb'])
             values['build_settings'] = tuple(
                 sorted((str(k), str(v)) for k, v in dict(data['build_settings']).items()))
         except (TypeError, ValueError, AttributeError) as exc:
@@ -138,6 +141,10 @@ class EngineBuilder:
         """Return a few words on the build's current phase, for the heartbeat log."""
         return ''
 
+    def provenance(self) -> Dict[str, Any]:
+        """Return what the sidecar records about the last build (``build``), JSON-ready."""
+        return {}
+
 
 @dataclasses.dataclass
 class CachedEngine:
@@ -159,6 +166,8 @@ class EngineRecord:
     size_bytes: int
     key: Optional[EngineKey] = None
     built_at: str = ''
+    #: the sidecar's ``build`` record (typing, artifact and its CPU checks), if any.
+    build: Dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def default_engine_dir() -> Path:
@@ -290,6 +299,10 @@ class EngineCache:
         """Return where the int8 calibration cache for ``key`` lives (beside the engine)."""
         return self.directory / (key.stem + CALIBRATION_SUFFIX)
 
+    def artifact_path(self, key: EngineKey) -> Path:
+        """Return where the ONNX artifact ``key``'s engine is compiled from lives."""
+        return self.directory / (key.stem + ARTIFACT_SUFFIX)
+
     def load(self, key: EngineKey, builder: EngineBuilder, rebuild: bool = False
              ) -> CachedEngine:
         """Return the engine for ``key``: the cached one if it checks out, else a new build.
@@ -339,8 +352,10 @@ class EngineCache:
             if sidecar is not None:
                 key, problem = _sidecar_key(sidecar)
             status = problem or _check_engine_file(path, sidecar)[1] or 'ok'
+            build = (sidecar or {}).get('build')
             records.append(EngineRecord(path, status, path.stat().st_size, key,
-                                        str((sidecar or {}).get('built_at', ''))))
+                                        str((sidecar or {}).get('built_at', '')),
+                                        build if isinstance(build, dict) else {}))
         return records
 
     def clean(self) -> List[Path]:
@@ -395,6 +410,7 @@ class EngineCache:
             'built_at': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
             'build_seconds': round(seconds, 1),
             'evit_ros_version': __version__,
+            'build': _provenance(builder),
         }
         # The sidecar goes last: an engine without one is never trusted.
         write_atomic(self.sidecar_path(key), (json.dumps(sidecar, indent=2) + '\n').encode())
@@ -486,6 +502,62 @@ def _check_engine_file(path: Path, sidecar: Optional[dict]) -> Tuple[Optional[by
     if hashlib.sha256(data).hexdigest() != expected_sha:
         return None, 'the engine file is corrupt (its sha256 does not match the sidecar)'
     return data, ''
+
+
+def _provenance(builder: EngineBuilder) -> Dict[str, Any]:
+    report = getattr(builder, 'provenance', None)
+    data = report() if callable(report) else {}
+    return data if isinstance(data, dict) else {}
+
+
+def load_engine_file(path: Union[str, os.PathLike], builder: EngineBuilder,
+                     environment: Optional[Dict[str, str]] = None) -> Tuple[Any, dict]:
+    """Deserialise a prebuilt engine file as it is: no build, no calibration.
+
+    When the engine has our sidecar (``<stem>.json`` beside it), its size and sha256 are
+    checked, and its TensorRT version and GPU against ``environment`` (``tensorrt_version``,
+    ``gpu_name``, ``compute_capability``), so a foreign engine is named as such.
+
+    :returns: the engine and the sidecar (``{}`` when there is none).
+    :raises EngineCacheError: one line naming the file and what is wrong with it.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise EngineCacheError(f'engine file {path} does not exist; build one with '
+                               '`evit-ros build-engine`')
+    sidecar_path = path.with_suffix(SIDECAR_SUFFIX)
+    sidecar: dict = {}
+    if sidecar_path.is_file():
+        read, problem = _read_sidecar(sidecar_path)
+        if problem:
+            raise EngineCacheError(f'engine {path}: {problem}')
+        sidecar = read or {}
+        data, problem = _check_engine_file(path, sidecar)
+        if problem:
+            raise EngineCacheError(f'engine {path}: {problem}')
+        key, problem = _sidecar_key(sidecar)
+        if problem:
+            raise EngineCacheError(f'engine {path}: {problem}')
+        built_for = key.to_dict()
+        foreign = [f'{name} {built_for[name]!r}, here {value!r}'
+                   for name, value in (environment or {}).items()
+                   if name in built_for and built_for[name] != value]
+        if foreign:
+            raise EngineCacheError(f'engine {path} was built for another setup ('
+                                   + '; '.join(foreign) + '); build it again here with '
+                                   '`evit-ros build-engine`')
+    else:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise EngineCacheError(f'engine file {path} is unreadable '
+                                   f'({exc.strerror or exc})') from None
+    engine, problem = _deserialize(builder, data)
+    if engine is None:
+        raise EngineCacheError(f'engine {path}: {problem}; build it again here with '
+                               '`evit-ros build-engine`')
+    LOG.info('engine: loaded %s as it is (no build)', path)
+    return engine, sidecar
 
 
 def _deserialize(builder: EngineBuilder, data: bytes) -> Tuple[Any, str]:

@@ -46,13 +46,18 @@ class Segmenter:
     :param postprocess: ``auto`` (``fast`` for backends returning CPU logits to be resized
         on the CPU, i.e. onnxruntime; ``reference`` otherwise, so torch label maps are
         the release's bit for bit), ``reference`` or ``fast`` (see :data:`POSTPROCESS`).
+    :param engine: a prebuilt engine to run as it is, no build and no calibration: a
+        TensorRT engine file (backend ``tensorrt``) or an ONNX artifact (backend
+        ``onnxruntime``). With backend ``auto`` the file picks the backend (``.onnx``:
+        onnxruntime, otherwise tensorrt). The precision that runs is the file's.
     :param backend_options: passed to the backend, e.g. ``threads=2``.
     """
 
     def __init__(self, model: Union[str, nn.Module] = 'b0-cityscapes', backend: str = 'torch',
                  device: str = 'cpu', input_size: Optional[Tuple[int, int]] = None,
                  weights: Optional[str] = 'official', precision: str = 'fp32',
-                 postprocess: str = 'auto', **backend_options):
+                 postprocess: str = 'auto', engine: Optional[str] = None,
+                 **backend_options):
         if postprocess not in POSTPROCESS:
             raise ValueError(f'postprocess must be one of {", ".join(POSTPROCESS)}, '
                              f'got {postprocess!r}')
@@ -69,11 +74,15 @@ class Segmenter:
         self.num_classes = module.cfg.num_classes
         self.timings = Timings()
         self.logits: Optional[torch.Tensor] = None
-        from evit_ros.runtime.backends.selection import create_backend
-        self.backend = create_backend(backend, module, self.input_size, device=device,
+        from evit_ros.runtime.backends.selection import create_backend, prebuilt_options
+        chosen, prebuilt = backend, {}
+        if engine:
+            chosen, prebuilt = prebuilt_options(backend, engine)
+        self.backend = create_backend(chosen, module, self.input_size, device=device,
                                       precision=precision, entry=self.entry,
-                                      weights=weights, **backend_options)
-        # Kept to build another backend when this one fails (see fall_back()).
+                                      weights=weights, **backend_options, **prebuilt)
+        # Kept to build another backend when this one fails (see fall_back()); a fallback
+        # builds from the model, not from the prebuilt file.
         self._module = module
         self._build = dict(device=device, precision=precision, entry=self.entry,
                            weights=weights, **backend_options)
@@ -106,6 +115,16 @@ class Segmenter:
     def backend_name(self) -> str:
         """Name of the backend actually running (``auto`` resolves to one)."""
         return self.backend.name
+
+    @property
+    def device(self) -> str:
+        """Device the running backend computes on (``cpu``, ``cuda:0``...), not the asked one."""
+        return str(self.backend.device)
+
+    @property
+    def precision(self) -> str:
+        """Precision the running backend computes in (a prebuilt engine's own), not the asked."""
+        return str(self.backend.precision)
 
     def segment(self, image: np.ndarray, encoding: str = 'rgb8',
                 output_size: Optional[Tuple[int, int]] = None) -> np.ndarray:

@@ -17,6 +17,7 @@ and ONNX Runtime marks such files as specific to the CPU they were made on.
 """
 
 import hashlib
+import json
 import logging
 import os
 from pathlib import Path
@@ -59,6 +60,21 @@ def weights_digest(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
+def artifact_precision(path: Union[str, os.PathLike]) -> str:
+    """Return the precision an ONNX file was made in, from its artifact sidecar.
+
+    ``<path>.json`` (see :mod:`evit_ros.runtime.artifact`) names it; a plain ONNX file
+    without one is taken as the fp32 export.
+    """
+    sidecar = Path(str(path) + '.json').expanduser()
+    try:
+        info = json.loads(sidecar.read_text())
+    except (OSError, ValueError):
+        return 'fp32'
+    value = info.get('precision') if isinstance(info, dict) else None
+    return str(value) if value else 'fp32'
+
+
 class OnnxRuntimeBackend(Backend):
     """Run the model with ONNX Runtime.
 
@@ -70,6 +86,8 @@ class OnnxRuntimeBackend(Backend):
     :param threads: intra-op threads; 0 lets ONNX Runtime use one per physical core.
     :param onnx_file: run this ONNX file instead of exporting ``model``; its input must be
         ``1x3xHxW`` float32 at ``input_size`` (or symbolic), its output ``1xCxhxw`` logits.
+        A prebuilt artifact runs in its own precision (:func:`artifact_precision`), which
+        is what :attr:`precision` then says.
     :param optimization: graph optimisation level: disable, basic, extended or all.
     :param spin: let idle worker threads spin (lower latency on an otherwise idle
         machine, a busy core between frames on a shared one).
@@ -97,9 +115,12 @@ class OnnxRuntimeBackend(Backend):
             raise BackendUnavailable(f'onnxruntime: not installed ({exc}); '
                                      'pip install onnxruntime') from None
         self.ort = ort
-        if precision == 'int8':
+        if onnx_file is not None:
+            # A prebuilt artifact runs as it is: its precision is the one it was made in.
+            precision = self.precision = artifact_precision(onnx_file)
+        elif precision == 'int8':
             raise ValueError(INT8_REFUSAL)
-        if precision not in PRECISIONS:
+        if onnx_file is None and precision not in PRECISIONS:
             raise ValueError(f'onnxruntime precision {precision!r} is not one of '
                              f'{", ".join(PRECISIONS)}; use tensorrt or torch for fp16')
         if optimization not in OPTIMIZATION_LEVELS:

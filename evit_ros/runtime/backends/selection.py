@@ -1,7 +1,8 @@
 """Choosing and building a backend by name, or the best one that works here (``auto``).
 
 ``auto`` tries, in order: TensorRT, ONNX Runtime on CUDA, PyTorch on CUDA, ONNX Runtime on
-the CPU, PyTorch on the CPU, and takes the first that builds. Each one skipped gets one log
+the CPU, PyTorch on the CPU, and takes the first that builds; with ``device: cpu`` it tries
+the CPU candidates only, so ``cpu`` keeps it off the GPU. Each one skipped gets one log
 line (logger ``evit_ros.runtime``) saying why, and the one chosen one more, so a robot's log
 always tells which backend, device and precision run.
 
@@ -14,7 +15,7 @@ import importlib
 import inspect
 import logging
 import os
-from typing import Dict, Optional, Set, Tuple
+from typing import Optional, Set, Tuple
 
 from torch import nn
 
@@ -35,6 +36,19 @@ _CLASSES = {
 }
 # Arguments every backend gets positionally or by name, never as options.
 _COMMON = {'self', 'model', 'input_size', 'device', 'precision'}
+#: the options each backend takes by name. Declared here, not read from the classes, so
+#: which options reach a backend never depends on which other backends import on this
+#: machine (test_backend_selection checks the table against the constructors).
+OPTIONS = {
+    'torch': frozenset({'fold', 'threads'}),
+    'onnxruntime': frozenset({'threads', 'onnx_file', 'optimization', 'spin', 'cache',
+                              'entry', 'weights'}),
+    'tensorrt': frozenset({'engine_dir', 'workspace_mb', 'calib', 'calib_topic',
+                           'calib_images', 'rebuild', 'entry', 'weights', 'engine_cache',
+                           'engine', 'max_batch'}),
+}
+#: backends that run a prebuilt file, and the option naming it.
+PREBUILT_OPTION = {'tensorrt': 'engine', 'onnxruntime': 'onnx_file'}
 # What each auto candidate runs for a requested precision: (precision, note), or
 # (None, why it is skipped). Missing entries run the requested precision as it is.
 _AUTO_PRECISION = {
@@ -55,8 +69,26 @@ def backend_class(name: str) -> type:
     module, attr = _CLASSES[name]
     try:
         return getattr(importlib.import_module(module), attr)
-    except ImportError as exc:
-        raise BackendUnavailable(f'{name}: cannot be loaded ({exc})') from None
+    except ImportError as exc:  # the real reason, e.g. a folder shadowing the package
+        where = f' from {exc.path}' if getattr(exc, 'path', None) else ''
+        raise BackendUnavailable(f'{name}: cannot import {module}{where}: '
+                                 f'{type(exc).__name__}: {exc}') from None
+
+
+def prebuilt_options(backend: str, path: str) -> Tuple[str, dict]:
+    """Return the backend that runs the prebuilt file ``path`` and the option naming it.
+
+    ``auto`` picks by the file: ``.onnx`` runs on onnxruntime, anything else is taken for a
+    TensorRT engine.
+
+    :raises ValueError: for a backend that cannot run a prebuilt file (torch).
+    """
+    if backend == 'auto':
+        backend = 'onnxruntime' if str(path).endswith('.onnx') else 'tensorrt'
+    if backend not in PREBUILT_OPTION:
+        raise ValueError(f'engine {path}: backend {backend} cannot run a prebuilt file; use '
+                         'tensorrt (an engine) or onnxruntime (an ONNX artifact)')
+    return backend, {PREBUILT_OPTION[backend]: str(path)}
 
 
 def create_backend(name: str, model: nn.Module, input_size: Tuple[int, int],
@@ -69,6 +101,7 @@ def create_backend(name: str, model: nn.Module, input_size: Tuple[int, int],
         fp32 when fp16 was asked for (the log line says so).
     :param options: backend options (``threads``, ``engine_dir``, ``workspace_mb``,
         ``calib``, ...); each backend receives those it takes.
+        With ``device='cpu'``, ``auto`` tries only the CPU candidates.
     :raises BackendUnavailable: when that backend (for ``auto``: every one) cannot run here,
         saying why.
     :raises ValueError: for an unknown backend name or an option no backend takes.
@@ -107,6 +140,10 @@ def next_auto_backend(current: Backend, model: nn.Module, input_size: Tuple[int,
 def _auto(model: nn.Module, input_size, device: str, precision: str, options,
           order=AUTO_ORDER) -> Backend:
     gpu = device if str(device).startswith('cuda') else 'cuda'
+    if str(device) == 'cpu':  # the user said cpu: never touch a GPU
+        order = tuple(candidate for candidate in order if candidate[1] == 'cpu')
+        if not order:
+            raise BackendUnavailable('auto: no CPU backend left to try (device is cpu)')
     _check_options(options)
     reasons = []
     for name, kind in order:
@@ -155,42 +192,24 @@ def _signature(cls: type) -> Tuple[Set[str], bool]:
     return names - _COMMON, any(p.kind == p.VAR_KEYWORD for p in params)
 
 
-def _known_options() -> Dict[str, Set[str]]:
-    """Return the named options of every backend that loads here."""
-    known = {}
-    for name in _CLASSES:
-        try:
-            known[name] = _signature(backend_class(name))[0]
-        except BackendUnavailable:
-            continue
-    return known
-
-
 def _check_options(options: dict) -> None:
-    """Raise ValueError for options that no loadable backend takes."""
-    takers, names = False, set()
-    for name in _CLASSES:
-        try:
-            own, takes_any = _signature(backend_class(name))
-        except BackendUnavailable:
-            continue
-        takers, names = takers or takes_any, names | own
-    unknown = sorted(set(options) - names)
-    if unknown and not takers:
+    """Raise ValueError for options that no backend takes (:data:`OPTIONS`)."""
+    everyone = set().union(*OPTIONS.values())
+    unknown = sorted(set(options) - everyone)
+    if unknown:
         raise ValueError(f'unknown backend option(s) {", ".join(unknown)}; known: '
-                         f'{", ".join(sorted(names))}')
+                         f'{", ".join(sorted(everyone))}')
 
 
 def _options_for(name: str, cls: type, options: dict, strict: bool) -> dict:
     """Return the subset of ``options`` for backend ``name``.
 
-    Options named by another backend are dropped (one configuration serves every backend);
-    options nobody names go to a backend taking ``**options``, else they are an error when
-    ``strict`` (an explicitly chosen backend).
+    Options another backend takes are dropped (one configuration serves every backend);
+    options nobody takes are an error when ``strict`` (an explicitly chosen backend), and
+    otherwise go only to a backend class taking ``**options``.
     """
     own, takes_any = _signature(cls)
-    known = _known_options()
-    everyone = set().union(*known.values()) if known else set()
+    everyone = set().union(*OPTIONS.values())
     unknown = sorted(set(options) - everyone - own)
     if unknown and not takes_any and strict:
         raise ValueError(f'unknown backend option(s) {", ".join(unknown)} for {name}; '
