@@ -134,7 +134,7 @@ PARAMETERS: Tuple[ParameterSpec, ...] = (
                   constraints="'' or the path of a checkpoint file"),
     ParameterSpec('backend', 'auto',
                   'Inference backend; auto picks the fastest available (tensorrt, '
-                  'onnxruntime, torch).',
+                  'onnxruntime, torch); with device cpu it tries the CPU ones only.',
                   choices=('auto', 'tensorrt', 'onnxruntime', 'torch')),
     ParameterSpec('device', 'cpu', "Device to run on: 'cpu', 'cuda' or 'cuda:N'.",
                   constraints='cpu, cuda or cuda:N'),
