@@ -268,3 +268,38 @@ def test_cache_key_fields_are_what_the_sidecar_holds(model, tmp_path, artifacts)
     assert sidecar['key'] == backend.key.to_dict()
     assert 'workspace_mb' not in sidecar['key']
     assert dataclasses.replace(backend.key).digest() == backend.key.digest()
+
+
+def test_build_engine_cli_makes_the_int8_artifact_once(model, tmp_path, artifacts, calib_dir,
+                                                       monkeypatch, capsys):
+    """``evit-ros build-engine`` end to end on a 10.3 stand-in (TensorRT and CUDA stood in)."""
+    from evit_ros.runtime.backends import cuda_memory, tensorrt_backend
+    memory = HostMemory()
+    trt = make_tensorrt('10.3.0', memory)
+    monkeypatch.setattr(tensorrt_backend, 'import_tensorrt', lambda: trt)
+    monkeypatch.setattr(cuda_memory, 'open_cuda_memory', lambda index=0: memory)
+    monkeypatch.setattr('evit_ros.model.create_model', lambda name, weights=None: model)
+    engines = tmp_path / 'engines'
+    argv = ['build-engine', '--model', 'b0-cityscapes', '--height', '64', '--width', '128',
+            '--precision', 'int8', '--calib', str(calib_dir), '--weights', 'none',
+            '--engine-dir', str(engines)]
+    assert main(argv + ['--workspace-mb', '512']) == 0
+    first = capsys.readouterr().out.strip()
+    assert re.fullmatch(rf'{re.escape(str(engines))}/b0-cityscapes_64x128_int8_[0-9a-f]{{16}}'
+                        r'\.engine \(built; int8, 64x128, batch up to 1, TensorRT 10\.3\.0, '
+                        r'Stand-in GPU\)', first), first
+    # The int8 artifact was made once, from the calibration data; the engine build used none.
+    assert [(m['precision'], m['calibration'] is not None) for m in artifacts] == [
+        ('int8', True)]
+    assert trt.builds[0]['calibrator'] is False and trt.builds[0]['set_flags'] == []
+    # Again with another workspace: the same engine, found in the cache, nothing rebuilt.
+    assert main(argv + ['--workspace-mb', '2048']) == 0
+    again = capsys.readouterr().out.strip()
+    assert again.split()[0] == first.split()[0] and '(already cached and valid;' in again
+    assert len(trt.builds) == 1 and len(artifacts) == 1
+    stem = Path(first.split()[0]).stem
+    assert sorted(p.name for p in engines.iterdir()) == [
+        stem + suffix for suffix in ('.engine', '.json', '.lock', '.onnx', '.onnx.json')]
+    assert main(['engines', 'clean', '--engine-dir', str(engines)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f'5 file(s) removed from {engines}'
+    assert list(engines.iterdir()) == []

@@ -151,6 +151,10 @@ class OnnxRuntimeBackend(Backend):
             LOG.warning('onnxruntime: cannot load cached %s; exporting again', self.path)
             source = self._model_bytes(model, precision, cache, reuse=False)
             self.session = self._session(source, options)
+        if 'CUDAExecutionProvider' not in self.session.get_providers():
+            self.device = 'cpu'  # what runs, should ONNX Runtime have left CUDA out
+        elif self.device == 'cuda':
+            self.device = 'cuda:0'
         self.input_name, self.output_name, self.output_shape = self._check_io(
             getattr(getattr(model, 'cfg', None), 'num_classes', None))
 

@@ -631,6 +631,8 @@ class TensorRTBackend(Backend):
         """Get the engine (prebuilt file, cache or build), create the context, bind the I/O."""
         check_version(trt)
         self.trt, self.memory = trt, memory
+        if self.device == 'cuda':  # the GPU that runs: CUDA's first
+            self.device = 'cuda:0'
         self.max_batch = int(options['max_batch'])
         self.cache = options['engine_cache'] or EngineCache(options['engine_dir'])
         builder = TensorRTBuilder(trt, memory, model, self.input_size, self.precision,

@@ -27,6 +27,8 @@ class TorchBackend(Backend):
             raise BackendUnavailable('torch: CUDA is not available on this machine')
         if device == 'cpu' and precision == 'fp16':
             raise BackendUnavailable('torch: fp16 needs CUDA; use fp32 on the CPU')
+        if device == 'cuda':  # report the GPU that runs, as the other backends do
+            self.device = f'cuda:{torch.cuda.current_device()}'
         if threads > 0:
             torch.set_num_threads(threads)
         model = fold_batchnorm(model) if fold else model.eval()
