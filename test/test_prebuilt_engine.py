@@ -115,3 +115,20 @@ def test_gpu_check_without_a_gpu_says_what_it_skipped(tmp_path):
     else:
         assert report['tensorrt']['skipped'].startswith('tensorrt: TensorRT is not installed')
         assert report['tensorrt_version'] is None
+
+
+def test_replay_runs_a_prebuilt_artifact(official_weights, tmp_path, capsys):
+    from evit_ros.cli import main
+    tiny = require_shared('data', 'rosbag2_sqlite_tiny')
+    model = create_model('b0-cityscapes', weights='official')
+    path = tmp_path / 'b0_64x64.onnx'
+    save_onnx(build_onnx(model, (64, 64), check=False)[0], path)
+    args = ['replay', str(tiny), '--image-topic', '/image', '--network-size', '64x64',
+            '--out-storage', 'sqlite3']
+    assert main(args + ['--backend', 'auto', '--engine', str(path), '--out',
+                        str(tmp_path / 'a')]) == 0
+    assert main(args + ['--backend', 'onnxruntime', '--out', str(tmp_path / 'b')]) == 0
+    first, second = (json.loads((tmp_path / name / 'report.json').read_text())
+                     for name in 'ab')
+    assert (first['backend'], first['frames']) == ('onnxruntime', 3)
+    assert first['frames'] == second['frames']
