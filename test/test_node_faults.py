@@ -94,7 +94,8 @@ def test_auto_falls_back_to_the_next_backend_and_keeps_publishing(
     engines.mkdir()
     (engines / 'b0-cityscapes_128x256_fp32.engine').write_bytes(b'\x00trunc')
     (engines / 'b0-cityscapes_128x256_fp32.engine.json').write_text('{"tensorrt": "0.0"}')
-    session = Session(dict(PARAMS, backend='auto', engine_dir=str(engines)),
+    # device cuda: auto tries (and here skips) the GPU backends first; cpu would skip them.
+    session = Session(dict(PARAMS, backend='auto', device='cuda', engine_dir=str(engines)),
                       tmp_path / 'cache', weights_dir)
     try:
         first = session.status(what='the first diagnostics')
