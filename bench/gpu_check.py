@@ -14,7 +14,7 @@ Runs, each only where the machine offers it (what is skipped, and why, goes into
 * **onnxruntime CUDA** (onnxruntime-gpu installed): the fp32 export on the CUDA provider,
   parity with the same graph on the CPU provider, latency.
 * **TensorRT** (installed, 8.5 / 8.6 / 10.x / 11.x): for fp32, fp16 and int8 (int8 only with
-  calibration frames: ``--calib`` or ``../shared/data/camvid``): the build (seconds, engine
+  calibration frames: ``--calib``, else ``../shared/data/frames``): the build (seconds, engine
   size, typing), parity with the CPU artifact (TensorRT >= 10: the very ONNX artifact the
   engine was compiled from, run by onnxruntime on the CPU; 8.x: PyTorch fp32 on the CPU),
   and latency of one inference (host-to-device copy, engine, copy back).
@@ -200,7 +200,7 @@ def check_tensorrt(model, sizes, runs: int, budget: Budget, calib: Optional[str]
                 continue
             if precision == 'int8' and not calib:
                 part[precision] = {'skipped': 'no calibration frames (--calib, or '
-                                              '../shared/data/camvid)'}
+                                              '../shared/data/frames)'}
                 continue
             start = time.monotonic()
             try:
@@ -234,8 +234,8 @@ def check_tensorrt(model, sizes, runs: int, budget: Budget, calib: Optional[str]
 
 
 def default_calib() -> Optional[str]:
-    """Return the CamVid frames folder for int8 calibration, when the shared data exist."""
-    for candidate in (SHARED / 'data' / 'camvid' / 'train', SHARED / 'data' / 'camvid'):
+    """Return a folder of real frames for int8 calibration, when the shared data exist."""
+    for candidate in (SHARED / 'data' / 'frames', SHARED / 'data' / 'camvid' / 'val'):
         if candidate.is_dir():
             return str(candidate)
     return None
