@@ -303,3 +303,30 @@ def test_build_engine_cli_makes_the_int8_artifact_once(model, tmp_path, artifact
     assert main(['engines', 'clean', '--engine-dir', str(engines)]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == f'5 file(s) removed from {engines}'
     assert list(engines.iterdir()) == []
+
+
+def test_gpu_check_tensorrt_part_on_a_stand_in(model, tmp_path, artifacts, calib_dir,
+                                               monkeypatch):
+    """The TensorRT part of bench/gpu_check.py, run with TensorRT and CUDA stood in."""
+    import importlib.util
+    from evit_ros.runtime.backends import cuda_memory, tensorrt_backend
+    memory = HostMemory()
+    trt = make_tensorrt('11.4.0.106', memory)
+    monkeypatch.setattr(tensorrt_backend, 'import_tensorrt', lambda: trt)
+    monkeypatch.setattr(cuda_memory, 'open_cuda_memory', lambda index=0: memory)
+    spec = importlib.util.spec_from_file_location(
+        'gpu_check', Path(__file__).resolve().parents[1] / 'bench' / 'gpu_check.py')
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    report = gpu_check.check_tensorrt(model, [SIZE], 2, gpu_check.Budget(600), str(calib_dir),
+                                      tmp_path / 'engines')
+    part = report['64x128']
+    assert sorted(part) == ['fp16', 'fp32', 'input', 'int8']
+    for precision in ('fp32', 'fp16', 'int8'):
+        result = part[precision]
+        assert result['typing'] == 'strong' and result['runs'] == 2
+        assert result['parity_against'].startswith('CPU artifact b0-cityscapes_64x128_'
+                                                   f'{precision}_')
+        # The stand-in engine is the artifact itself: parity is exact.
+        assert result['finite'] and result['max_abs_dlogit'] == 0.0
+        assert result['vs_torch_fp32']['max_abs_dlogit'] < 1e-3
