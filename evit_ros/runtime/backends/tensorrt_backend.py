@@ -30,6 +30,7 @@ the same code (:meth:`TensorRTBackend.with_toolchain`). TensorRT and a CUDA bind
 :class:`~evit_ros.runtime.backends.BackendUnavailable`.
 """
 
+import inspect
 import logging
 import os
 from pathlib import Path
@@ -591,9 +592,10 @@ class TensorRTBackend(Backend):
         :param options: the constructor's options (``engine_dir``, ``max_batch``, ...).
         """
         backend = cls.__new__(cls)
-        full = dict(engine_dir=None, workspace_mb=DEFAULT_WORKSPACE_MB, calib=None,
-                    calib_topic=None, calib_images=None, rebuild=False, entry=None,
-                    weights=None, engine_cache=None, engine=None, max_batch=1)
+        # The constructor's options and defaults, so both entry points take the same ones.
+        full = {name: param.default for name, param in
+                inspect.signature(cls.__init__).parameters.items()
+                if name not in ('self', 'model', 'input_size', 'device', 'precision')}
         unknown = sorted(set(options) - set(full))
         if unknown:
             raise TypeError(f'unknown TensorRT backend option(s) {", ".join(unknown)}')
