@@ -93,18 +93,18 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def fetch_wheel(version: str, cache: Path) -> Path:
-    """Return the verified wheel of ``version``, downloading it with pip once.
+def fetch_wheel(wheel: Wheel, cache: Path) -> Path:
+    """Return the verified file of ``wheel`` in ``cache``, downloading it with pip once.
 
     :raises SurfaceUnavailable: when PyPI cannot be reached or the file does not verify.
     """
-    wheel = WHEELS[version]
     path = cache / wheel.filename
     if path.is_file() and _sha256(path) == wheel.sha256:
         return path
     cache.mkdir(parents=True, exist_ok=True)
+    platform = [] if wheel.platform == 'any' else ['--platform', wheel.platform]
     command = [sys.executable, '-m', 'pip', 'download', '--no-deps', '--only-binary=:all:',
-               '--python-version', '3.11', '--platform', wheel.platform, '--quiet',
+               '--python-version', '3.11', *platform, '--quiet',
                '--disable-pip-version-check', '-d', str(cache),
                f'{wheel.project}=={wheel.version}']
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
@@ -241,10 +241,10 @@ def read_surface(version: str, cache: Optional[Path] = None) -> dict:
         return _READ.setdefault(table_path, json.loads(table_path.read_text()))
     if sys.version_info[:2] != (3, 11):
         raise SurfaceUnavailable('the pinned bindings wheels are for CPython 3.11')
-    wheel = fetch_wheel(version, cache)
+    wheel = WHEELS[version]
     unpacked = cache / f'unpacked-{version}'
     if not (unpacked / 'tensorrt_bindings' / 'tensorrt.so').is_file():
-        with zipfile.ZipFile(wheel) as archive:
+        with zipfile.ZipFile(fetch_wheel(wheel, cache)) as archive:
             archive.extractall(unpacked)
     libraries = stand_in_libraries(unpacked / 'tensorrt_bindings' / 'tensorrt.so',
                                    cache / f'stand-in-libs-{version}')
@@ -259,6 +259,7 @@ def read_surface(version: str, cache: Optional[Path] = None) -> dict:
     table = json.loads(result.stdout)
     if table['version'] != version:
         raise SurfaceUnavailable(f'{wheel.filename} says it is {table["version"]}')
+    shutil.rmtree(unpacked, ignore_errors=True)  # the table is all that is needed now
     tmp = table_path.with_suffix('.tmp')
     tmp.write_text(json.dumps(table, indent=1, sort_keys=True))
     tmp.replace(table_path)
@@ -274,6 +275,60 @@ def has_name(table: dict, name: str) -> bool:
     if owner == table.get('name', 'tensorrt'):
         return member in table['module']
     return member in table['classes'].get(owner, {})
+
+
+# --- cuda-python, the GPU buffer library of the TensorRT backend --------------------------
+
+#: cuda-bindings releases checked (CUDA 12: JetPack 6 and x86; CUDA 13: JetPack 7 and x86),
+#: with the cuda-pathfinder they import. Unlike TensorRT, they import without a GPU.
+CUDA_WHEELS = {
+    '12.9.4': Wheel('cuda-bindings', '12.9.4', 'manylinux_2_28_x86_64',
+                    'cuda_bindings-12.9.4-cp311-cp311-manylinux_2_24_x86_64.'
+                    'manylinux_2_28_x86_64.whl',
+                    'c912a3d9e6b6651853eed8eed96d6800d69c08e94052c292fec3f282c5a817c9'),
+    '13.5.0': Wheel('cuda-bindings', '13.5.0', 'manylinux_2_28_x86_64',
+                    'cuda_bindings-13.5.0-cp311-cp311-manylinux_2_24_x86_64.'
+                    'manylinux_2_28_x86_64.whl',
+                    '08b7e8d674c3266facb00453a7e34ea7d3ea965c2f594bb728f269f45f39fbe2'),
+}
+CUDA_PATHFINDER = Wheel('cuda-pathfinder', '1.9.1', 'any',
+                        'cuda_pathfinder-1.9.1-py3-none-any.whl',
+                        'b743c132f90ad2d1e71d43fd28f31ebcde518f943e50fd44aca62b2a80d5230d')
+
+
+def read_cuda_surface(version: str, cache: Optional[Path] = None) -> dict:
+    """Return the names ``cuda.bindings.runtime`` of cuda-bindings ``version`` defines.
+
+    The module's table is labelled ``cudart`` (``cudart.cudaMalloc``, ``cudaError_t.cudaSuccess``).
+
+    :raises SurfaceUnavailable: when the wheels cannot be had or imported here.
+    """
+    cache = cache or downloads_dir().parent / 'cuda-bindings'
+    table_path = cache / f'surface-{version}-v{TABLE_FORMAT}.json'
+    if table_path in _READ:
+        return _READ[table_path]
+    if table_path.is_file():
+        return _READ.setdefault(table_path, json.loads(table_path.read_text()))
+    if sys.version_info[:2] != (3, 11):
+        raise SurfaceUnavailable('the pinned cuda-bindings wheels are for CPython 3.11')
+    unpacked = cache / f'unpacked-{version}'
+    if not (unpacked / 'cuda' / 'bindings').is_dir():
+        for wheel in (CUDA_WHEELS[version], CUDA_PATHFINDER):
+            with zipfile.ZipFile(fetch_wheel(wheel, cache)) as archive:
+                archive.extractall(unpacked)
+    env = dict(os.environ, PYTHONPATH=str(unpacked))
+    result = subprocess.run([sys.executable, '-c', _READER, 'cuda.bindings.runtime', 'cudart',
+                             'cuda.bindings', version], capture_output=True, text=True,
+                            env=env, timeout=120, cwd=str(cache))
+    if result.returncode != 0:
+        raise SurfaceUnavailable(f'cuda-bindings {version} did not import (exit '
+                                 f'{result.returncode}): {result.stderr.strip()[-300:]}')
+    table = json.loads(result.stdout)
+    shutil.rmtree(unpacked, ignore_errors=True)
+    tmp = table_path.with_suffix('.tmp')
+    tmp.write_text(json.dumps(table, indent=1, sort_keys=True))
+    tmp.replace(table_path)
+    return _READ.setdefault(table_path, table)
 
 
 # --- the recording stand-in -------------------------------------------------------------
@@ -548,6 +603,15 @@ def name_table(versions=tuple(WHEELS), names=REPORTED) -> List[Tuple[str, List[b
     return [(name, [has_name(table, name) for table in tables]) for name in names]
 
 
+def markdown_table(rows: List[Tuple[str, List[bool]]]) -> List[str]:
+    """Return :func:`name_table`'s rows as the lines of a Markdown table."""
+    lines = ['| name | ' + ' | '.join(WHEELS) + ' |', '|---|' + '---|' * len(WHEELS)]
+    for name, present in rows:
+        lines.append(f'| `{name}` | ' + ' | '.join('yes' if p else '**no**' for p in present)
+                     + ' |')
+    return lines
+
+
 def main() -> int:
     """Print which of :data:`REPORTED` each release defines, as a Markdown table."""
     try:
@@ -555,10 +619,7 @@ def main() -> int:
     except SurfaceUnavailable as exc:
         print(f'cannot read the bindings: {exc}')
         return 2
-    print('| name | ' + ' | '.join(WHEELS) + ' |')
-    print('|---|' + '---|' * len(WHEELS))
-    for name, present in rows:
-        print(f'| `{name}` | ' + ' | '.join('yes' if p else '**no**' for p in present) + ' |')
+    print('\n'.join(markdown_table(rows)))
     return 0
 
 

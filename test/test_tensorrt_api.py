@@ -20,6 +20,7 @@ import onnx
 import pytest
 
 from evit_ros.runtime.backends.cuda_memory import CudaMemory
+from conftest import REPO
 import tensorrt_surface as surface
 
 VERSIONS = tuple(surface.WHEELS)
@@ -80,6 +81,13 @@ def test_tables_hold_known_names_and_lack_removed_ones(tables, version):
     # A whole surface was read, not a few names: hundreds of classes and enums.
     assert len(table['classes']) > 150
     assert table['classes']['Builder']['create_builder_config']['returns'] == 'IBuilderConfig'
+
+
+def test_readme_table_is_what_the_wheels_say(tables):
+    section = (REPO / 'README.md').read_text().split('### API surface check', 1)[1]
+    lines = [line for line in section.split('\n## ', 1)[0].splitlines()
+             if line.startswith('|')]
+    assert lines == surface.markdown_table(surface.name_table())
 
 
 # --- the check catches a missing name, independent of the backend ---------------------------
@@ -337,3 +345,105 @@ def test_backend_uses_only_names_its_release_has(tables, b0_graph, version, prec
     missing = [f'{name} (used at {where})' for name, where in trt.recorder.missing.items()]
     assert not missing, (f'TensorRT {version} lacks names the {precision} path uses: '
                          + '; '.join(missing))
+
+
+# --- cuda-python, the backend's GPU buffers -------------------------------------------------
+
+CUDA_VERSIONS = tuple(surface.CUDA_WHEELS)
+
+
+@pytest.fixture(scope='module')
+def cuda_tables():
+    """Each cuda-bindings release's ``cuda.bindings.runtime`` names (read once per machine)."""
+    try:
+        return {version: surface.read_cuda_surface(version) for version in CUDA_VERSIONS}
+    except surface.SurfaceUnavailable as exc:
+        pytest.skip(f'cuda-bindings unavailable: {exc}')
+
+
+def stand_in_cuda(cuda_tables, version, monkeypatch):
+    """Put a recording ``cuda.bindings.runtime`` of ``version`` where the backend imports it.
+
+    One GPU, compute capability 8.7; every call succeeds.
+    """
+    import types
+    others = [t for v, t in cuda_tables.items() if v != version]
+    table = cuda_tables[version]
+    ok = surface.EnumValue('cudaError_t', 'cudaSuccess', 0)
+    cudart = surface.StandInModule(table, others=others,
+                                   call=lambda key: (ok, surface.Anything(key)))
+    cudart.behave({
+        'cudart.cudaGetDeviceCount': lambda _: (ok, 1),
+        'cudart.cudaGetDeviceProperties': lambda _, index: (ok, cudart.make(
+            'cudaDeviceProp', name=b'Orin (nvgpu)\x00', major=8, minor=7)),
+        'cudart.cudaMalloc': lambda _, nbytes: (ok, 4096),
+        'cudart.cudaStreamCreate': lambda _: (ok, cudart.make('cudaStream_t')),
+        'cudart.cudaFree': lambda _, pointer: (ok,)})
+    package = types.ModuleType('cuda')
+    package.__path__ = []
+    bindings = types.ModuleType('cuda.bindings')
+    bindings.__path__ = []
+    bindings.runtime = cudart
+    package.bindings = bindings
+    for name, module in (('cuda', package), ('cuda.bindings', bindings),
+                         ('cuda.bindings.runtime', cudart)):
+        monkeypatch.setitem(sys.modules, name, module)
+    return cudart
+
+
+def test_cuda_tables_hold_known_names_and_lack_removed_ones(cuda_tables):
+    old, new = cuda_tables['12.9.4'], cuda_tables['13.5.0']
+    for table in (old, new):
+        for name in ('cudart.cudaMalloc', 'cudart.cudaMemcpyAsync', 'cudaError_t.cudaSuccess',
+                     'cudaMemcpyKind.cudaMemcpyHostToDevice', 'cudaDeviceProp.major',
+                     'cudaDeviceProp.name'):
+            assert surface.has_name(table, name), (table['version'], name)
+        assert not surface.has_name(table, 'cudart.cudaMallocDoesNotExist')
+    # CUDA 13 removed deprecated device properties (its release notes list clockRate).
+    assert surface.has_name(old, 'cudaDeviceProp.clockRate')
+    assert not surface.has_name(new, 'cudaDeviceProp.clockRate')
+
+
+@pytest.mark.parametrize('version', CUDA_VERSIONS)
+def test_cuda_memory_uses_only_names_its_release_has(cuda_tables, version, monkeypatch):
+    from evit_ros.runtime.backends.cuda_memory import open_cuda_memory
+    cudart = stand_in_cuda(cuda_tables, version, monkeypatch)
+    memory = open_cuda_memory(0)
+    assert memory.library == 'cuda-python'
+    assert memory.device_info() == ('Orin (nvgpu)', '8.7')
+    host = memory.host_empty((2, 3), np.float32)
+    pointer = memory.alloc(host.nbytes)
+    with memory.active():
+        memory.to_device(pointer, host)
+        memory.to_host(host, pointer)
+        assert isinstance(memory.stream_handle, int)
+        memory.synchronize()
+    memory.free(pointer)
+    used = set(cudart.recorder.used)
+    assert {'cudart.cudaGetDeviceCount', 'cudart.cudaSetDevice', 'cudart.cudaStreamCreate',
+            'cudart.cudaMalloc', 'cudart.cudaMemcpyAsync', 'cudart.cudaStreamSynchronize',
+            'cudart.cudaFree', 'cudaMemcpyKind.cudaMemcpyHostToDevice',
+            'cudaDeviceProp.name'} <= used, sorted(used)
+    assert cudart.recorder.missing == {}
+
+
+def test_a_removed_cuda_name_fails_the_check(cuda_tables, monkeypatch):
+    cudart = stand_in_cuda(cuda_tables, '13.5.0', monkeypatch)
+    from cuda.bindings import runtime
+    err, prop = runtime.cudaGetDeviceProperties(0)
+    assert int(err) == int(runtime.cudaError_t.cudaSuccess)
+    assert prop.clockRate is not None  # gone in CUDA 13
+    assert list(cudart.recorder.missing) == ['cudaDeviceProp.clockRate']
+
+
+def test_cuda_errors_are_named_through_names_the_release_has(cuda_tables, monkeypatch):
+    from evit_ros.runtime.backends import BackendUnavailable
+    from evit_ros.runtime.backends.cuda_memory import open_cuda_memory
+    cudart = stand_in_cuda(cuda_tables, '13.5.0', monkeypatch)
+    failed = surface.EnumValue('cudaError_t', 'cudaErrorMemoryAllocation', 2)
+    cudart.behave({'cudart.cudaStreamCreate': lambda _: (failed, None),
+                   'cudart.cudaGetErrorString': lambda _, err: (err, b'out of memory')})
+    with pytest.raises(BackendUnavailable, match=r'could not create a stream \(out of memory'):
+        open_cuda_memory(0)
+    assert 'cudart.cudaGetErrorString' in cudart.recorder.used
+    assert cudart.recorder.missing == {}
