@@ -20,6 +20,7 @@ import onnx
 import pytest
 
 from evit_ros.runtime.backends.cuda_memory import CudaMemory
+from evit_ros.runtime.backends.tensorrt_backend import TensorRTBackend
 from conftest import REPO
 import tensorrt_surface as surface
 
@@ -201,9 +202,12 @@ def small_model():
     return nn.Sequential(nn.Conv2d(3, CLASSES, 8, stride=8)).eval()
 
 
-def network_behaviour(trt, proto) -> dict:
+def network_behaviour(trt, proto, batch) -> dict:
     """Make ``INetworkDefinition`` hold one layer per ONNX node, as TensorRT's parser would,
-    so the code that walks the network (attention pinning) runs for real."""
+    so the code that walks the network (attention pinning) runs for real.
+
+    :param batch: the graph input's batch dimension (-1 for a dynamic batch axis).
+    """
     floats = {v.name for v in list(proto.graph.value_info) + list(proto.graph.output)
               + list(proto.graph.input) if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
     initializers = {i.name for i in proto.graph.initializer}
@@ -211,7 +215,7 @@ def network_behaviour(trt, proto) -> dict:
     # The stand-in's own values are built directly, so only the backend's uses are recorded.
     def tensor(name):
         dtype = surface.EnumValue('DataType', 'FLOAT' if name in floats else 'INT32', 0)
-        return trt.make('ITensor', name=name, dtype=dtype, shape=(1, 3) + INPUT_SIZE)
+        return trt.make('ITensor', name=name, dtype=dtype, shape=(batch, 3) + INPUT_SIZE)
 
     layers = []
     for node in proto.graph.node:
@@ -224,7 +228,7 @@ def network_behaviour(trt, proto) -> dict:
         layers.append(trt.make('ILayer', name=node.name, type=kind, num_inputs=len(inputs),
                                num_outputs=len(outputs), get_input=inputs.__getitem__,
                                get_output=outputs.__getitem__))
-    network_input = tensor(proto.graph.input[0].name)
+    network_input = tensor('input')
     return {'INetworkDefinition.num_layers': lambda net: len(layers),
             'INetworkDefinition.get_layer': lambda net, i: layers[i],
             'INetworkDefinition.num_inputs': lambda net: 1,
@@ -232,26 +236,30 @@ def network_behaviour(trt, proto) -> dict:
             'INetworkDefinition.get_input': lambda net, i: network_input}
 
 
-def engine_behaviour(trt) -> dict:
-    """An engine with one float input ``input`` and one float output ``logits``."""
-    shapes = {'input': (1, 3) + INPUT_SIZE,
-              'logits': (1, CLASSES, INPUT_SIZE[0] // 8, INPUT_SIZE[1] // 8)}
-    names = list(shapes)
+def engine_behaviour(trt, batch) -> dict:
+    """An engine with one float input ``input`` and one float output ``logits``.
+
+    :param batch: the largest batch; the engine's batch axis is dynamic when it is > 1.
+    """
+    size = {'input': (3,) + INPUT_SIZE,
+            'logits': (CLASSES, INPUT_SIZE[0] // 8, INPUT_SIZE[1] // 8)}
+    names = list(size)
     float32 = surface.EnumValue('DataType', 'FLOAT', 0)
 
     def mode(obj, name):
         return surface.EnumValue('TensorIOMode', 'INPUT' if name == 'input' else 'OUTPUT', 0)
 
     def profile_shape(obj, name, *args):
-        return [shapes[name]] * 3
+        return [(1,) + size[name], (1,) + size[name], (batch,) + size[name]]
 
     return {'ICudaEngine.num_io_tensors': lambda obj: len(names),
             'ICudaEngine.get_tensor_name': lambda obj, i: names[i],
             'ICudaEngine.get_tensor_mode': mode,
-            'ICudaEngine.get_tensor_shape': lambda obj, name: shapes[name],
+            'ICudaEngine.get_tensor_shape': lambda obj, name: (-1 if batch > 1 else 1,)
+            + size[name],
             'ICudaEngine.get_tensor_dtype': lambda obj, name: float32,
             'ICudaEngine.get_tensor_profile_shape': profile_shape,
-            'IExecutionContext.get_tensor_shape': lambda obj, name: shapes[name],
+            'IExecutionContext.get_tensor_shape': lambda obj, name: (batch,) + size[name],
             'Builder.build_serialized_network': lambda obj, *args: b'stand-in engine',
             'tensorrt.nptype': lambda obj, dtype: np.float32}
 
@@ -289,11 +297,31 @@ class StandInMemory(CudaMemory):
         pass
 
 
+def stand_in_artifacts(monkeypatch):
+    """Stand in for the ONNX artifact maker (not a TensorRT API; its numerics are tested
+    where it is written): the stand-in parser never reads the graph it would make."""
+    import types
+
+    def export_artifact(model, input_size, precision, path, calibration=None, entry=None,
+                        checks=True):
+        with open(path, 'wb') as handle:
+            handle.write(b'stand-in artifact')
+        return read_artifact_info(path) | {'precision': precision}
+
+    def read_artifact_info(path):
+        return {'model': 'custom', 'precision': 'fp32', 'input_size': list(INPUT_SIZE),
+                'checks': {}}
+    module = types.ModuleType('evit_ros.runtime.artifact')
+    module.export_artifact, module.read_artifact_info = export_artifact, read_artifact_info
+    monkeypatch.setitem(sys.modules, 'evit_ros.runtime.artifact', module)
+
+
 def drive_backend(trt, model, precision, tmp_path, monkeypatch):
-    """Build, deserialize, bind and run the TensorRT backend against ``trt``.
+    """Build, deserialize, bind and run the TensorRT backend against ``trt``; then load the
+    built engine as a prebuilt file and run it again, where the backend takes one.
 
     The only place this test knows the backend's interface: its constructor (options it
-    does not have are left out) and ``infer``.
+    does not have are left out) and ``infer``. Returns the logits' shapes.
     """
     import cv2
 
@@ -301,19 +329,29 @@ def drive_backend(trt, model, precision, tmp_path, monkeypatch):
     from evit_ros.runtime.engine_cache import EngineCache
     monkeypatch.setitem(sys.modules, 'tensorrt', trt)
     monkeypatch.setattr(cuda_memory, 'open_cuda_memory', lambda index=0: StandInMemory())
+    stand_in_artifacts(monkeypatch)
+    accepted = inspect.signature(tensorrt_backend.TensorRTBackend).parameters
+    batch = 2 if 'max_batch' in accepted else 1
+    trt.behave(engine_behaviour(trt, batch))
     calib = tmp_path / 'calib'
     calib.mkdir(exist_ok=True)
     # Calibration frames are never read by the stand-in; any images do.
     for i in range(2):
         cv2.imwrite(str(calib / f'{i}.png'), np.full((32, 64, 3), 40 * i, np.uint8))
     options = dict(device='cuda', precision=precision, engine_cache=EngineCache(tmp_path / 'e'),
-                   calib=str(calib) if precision == 'int8' else None)
-    accepted = inspect.signature(tensorrt_backend.TensorRTBackend).parameters
+                   calib=str(calib) if precision == 'int8' else None, max_batch=batch)
     backend = tensorrt_backend.TensorRTBackend(
         model, INPUT_SIZE, **{k: v for k, v in options.items() if k in accepted})
-    logits = backend.infer(np.zeros((1, 3) + INPUT_SIZE, np.float32))
+    x = np.zeros((batch, 3) + INPUT_SIZE, np.float32)
+    shapes = [tuple(backend.infer(x).shape)]
     backend.close()
-    return tuple(logits.shape)
+    if 'engine' in accepted:
+        prebuilt = tensorrt_backend.TensorRTBackend(
+            model, INPUT_SIZE, device='cuda', precision=precision,
+            engine=str(backend.engine_path))
+        shapes.append(tuple(prebuilt.infer(x).shape))
+        prebuilt.close()
+    return batch, shapes
 
 
 def _cases():
@@ -333,15 +371,22 @@ def _cases():
 def test_backend_uses_only_names_its_release_has(tables, b0_graph, version, precision,
                                                  tmp_path, monkeypatch):
     trt = surface.stand_in_tensorrt(version)
-    trt.behave(engine_behaviour(trt))
-    trt.behave(network_behaviour(trt, b0_graph))
-    shape = drive_backend(trt, small_model(), precision, tmp_path, monkeypatch)
+    accepted = inspect.signature(TensorRTBackend).parameters
+    trt.behave(network_behaviour(trt, b0_graph, -1 if 'max_batch' in accepted else 1))
+    batch, shapes = drive_backend(trt, small_model(), precision, tmp_path, monkeypatch)
     used = trt.recorder.used
     # The whole path ran: built, deserialized, bound by name and executed.
-    assert shape == (1, CLASSES, INPUT_SIZE[0] // 8, INPUT_SIZE[1] // 8)
+    assert shapes[0] == (batch, CLASSES, INPUT_SIZE[0] // 8, INPUT_SIZE[1] // 8)
+    assert all(shape == shapes[0] for shape in shapes)
     assert {'Builder.build_serialized_network', 'Runtime.deserialize_cuda_engine',
             'IExecutionContext.set_tensor_address', 'IExecutionContext.execute_async_v3'
             } <= set(used), sorted(used)
+    if BACKEND_IS_VERSION_AWARE:
+        # The run took each release's own path: strongly typed from 10, TF32 off for fp32.
+        strong = int(version.split('.')[0]) >= 10
+        assert ('NetworkDefinitionCreationFlag.STRONGLY_TYPED' in used) == strong
+        assert ('BuilderFlag.FP16' in used) == (not strong and precision != 'fp32')
+        assert ('BuilderFlag.TF32' in used) == (precision == 'fp32')
     missing = [f'{name} (used at {where})' for name, where in trt.recorder.missing.items()]
     assert not missing, (f'TensorRT {version} lacks names the {precision} path uses: '
                          + '; '.join(missing))
