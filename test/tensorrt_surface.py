@@ -99,8 +99,10 @@ def fetch_wheel(wheel: Wheel, cache: Path) -> Path:
     :raises SurfaceUnavailable: when PyPI cannot be reached or the file does not verify.
     """
     path = cache / wheel.filename
-    if path.is_file() and _sha256(path) == wheel.sha256:
-        return path
+    if path.is_file():
+        if _sha256(path) == wheel.sha256:
+            return path
+        path.unlink()  # damaged or foreign: never hand pip a file to reuse
     cache.mkdir(parents=True, exist_ok=True)
     platform = [] if wheel.platform == 'any' else ['--platform', wheel.platform]
     command = [sys.executable, '-m', 'pip', 'download', '--no-deps', '--only-binary=:all:',

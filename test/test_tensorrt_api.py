@@ -91,6 +91,22 @@ def test_readme_table_is_what_the_wheels_say(tables):
     assert lines == surface.markdown_table(surface.name_table())
 
 
+def test_a_damaged_download_is_refused_and_pypi_out_of_reach_is_one_line(
+        tmp_path, monkeypatch):
+    wheel = surface.WHEELS['10.3.0']
+    damaged = tmp_path / wheel.filename
+    damaged.write_bytes(b'PK\x03\x04 not the wheel')
+    # Nothing answers on this loopback port: the test makes no outside traffic.
+    for name, value in (('PIP_INDEX_URL', 'http://127.0.0.1:9/simple'),
+                        ('PIP_EXTRA_INDEX_URL', ''), ('PIP_FIND_LINKS', ''),
+                        ('PIP_RETRIES', '0'), ('PIP_TIMEOUT', '2')):
+        monkeypatch.setenv(name, value)
+    with pytest.raises(surface.SurfaceUnavailable, match=r'^cannot download tensorrt_cu12_'
+                       r'bindings-10\.3\.0-cp311-.*\.whl from PyPI: '):
+        surface.fetch_wheel(wheel, tmp_path)
+    assert not damaged.exists()
+
+
 # --- the check catches a missing name, independent of the backend ---------------------------
 
 def weakly_typed_int8(trt):
