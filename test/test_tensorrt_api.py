@@ -6,7 +6,10 @@ bindings wheels of 8.6.1, 10.3.0 and 11.4.0.106 against stand-in libraries and l
 class's and enum's members. The backend is then driven through build, deserialize, binding
 and inference, per precision, against a stand-in ``tensorrt`` module made from one release's
 table (the stand-in is the only way to run that code here); every name it touches is checked
-against that release. A stand-in for the GPU memory library takes the place of CUDA.
+against that release; stand-in GPU memory takes CUDA's place there. cuda-python is checked
+the same way: cuda-bindings 12.9.4 and 13.5.0 import without a GPU, and the backend's
+``CudaPythonMemory`` runs against a recording ``cuda.bindings.runtime`` holding exactly the
+real module's names.
 
 What this proves: each name exists with that owner in that release. Not argument types,
 not behaviour, not numerics.
