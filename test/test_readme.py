@@ -17,6 +17,7 @@ offline stand-in for ``evit-ros weights fetch``, which needs the internet).
   command remaps ``~/image`` to (``<namespace>/segmentation_node/image`` without a remap);
   then it gets Ctrl-C (SIGINT, as a user stops it) and must exit.
 - ``make demo`` must exit 0 and leave every ``demo_out/...`` file its README section names.
+- A node block that arms ``EVIT_ROS_FAULT_INJECTION`` must also log that it is armed.
 - Any other block must exit 0 within ``BLOCK_TIMEOUT`` seconds.
 """
 
@@ -43,6 +44,9 @@ NODE_TIMEOUT = 240.0     # seconds until the node subscribes (first start export
 STOP_TIMEOUT = 15.0      # seconds for a node to exit after Ctrl-C
 SKIP_MARKER = re.compile(r'^<!--\s*not run here:\s*(.+?)\s*-->$')
 NODE_COMMAND = re.compile(r'(^|\s)(segmentation_node|evit-ros node)(\s|$)')
+HELP = re.compile(r'\s(-h|--help)(\s|$)')
+MARK_HINT = ('(a block that cannot run here gets the line <!-- not run here: REASON --> '
+             'before its fence)')
 
 
 @dataclass
@@ -279,6 +283,9 @@ def run_node_block(shell: Shell, block: Block) -> None:
                 raise AssertionError(f'nothing subscribed to {topic} after {NODE_TIMEOUT:.0f} s:'
                                      f'\n{block.text}\n{run.output()}')
             time.sleep(0.5)
+        if 'EVIT_ROS_FAULT_INJECTION=' in block.commands()[0]:
+            # The README: the node logs a warning at start-up that the fault is armed.
+            assert 'EVIT_ROS_FAULT_INJECTION' in run.output(100000), run.output()
         code = run.interrupt(STOP_TIMEOUT)
         assert code is not None, f'the node did not stop within {STOP_TIMEOUT:.0f} s of Ctrl-C'
     finally:
@@ -316,12 +323,14 @@ def run_plain_block(shell: Shell, block: Block) -> None:
     """Run the block; it must exit 0 within the time limit."""
     run = shell.start(block.text, next_domain_id())
     code = run.wait(BLOCK_TIMEOUT)
-    assert code == 0, f'exit {code}:\n{block.text}\n{run.output()}'
+    assert code == 0, f'exit {code}:\n{block.text}\n{run.output()}\n{MARK_HINT}'
 
 
 def check_for(block: Block) -> Callable[[Shell, Block], None]:
     """Return how to run ``block``: the check of its first command, or the plain run."""
     first = block.commands()[0] if block.commands() else ''
+    if HELP.search(first):
+        return run_plain_block
     return next((c.run for c in CHECKS if c.pattern.search(first)), run_plain_block)
 
 
@@ -360,6 +369,7 @@ def test_blocks_are_found_with_their_markers():
     assert blocks[1].commands() == ['evit-ros x --y 1']
     assert check_for(blocks[2]) is run_node_block and check_for(blocks[0]) is run_plain_block
     assert node_input_topic("segmentation_node --ros-args -r '~/image:=/cam/raw'") == '/cam/raw'
+    assert check_for(readme_blocks('```bash\nevit-ros node --help\n```')[0]) is run_plain_block
     assert node_input_topic('evit-ros node --ros-args -r __ns:=/front') == \
         '/front/segmentation_node/image'
 
