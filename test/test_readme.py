@@ -374,8 +374,16 @@ def test_blocks_are_found_with_their_markers():
         '/front/segmentation_node/image'
 
 
+UNQUOTED_TILDE_REMAP = re.compile(r"(^|\s)~/\S*:=")
+
+
 def test_every_remap_in_the_readme_quotes_its_tilde():
     """A user copying any README command line gets the remap it shows."""
-    unquoted = [line for b in BLOCKS for line in b.commands()
-                if re.search(r"(^|\s)~/\S*:=", line)]
+    unquoted = [line for b in BLOCKS for line in b.commands() if UNQUOTED_TILDE_REMAP.search(line)]
     assert not unquoted, unquoted
+
+
+def test_node_help_examples_quote_their_tilde():
+    from evit_ros.cli.node import EPILOG
+    assert "-r '~/image:=/camera/image_raw'" in EPILOG
+    assert not [line for line in EPILOG.splitlines() if UNQUOTED_TILDE_REMAP.search(line)]
