@@ -124,7 +124,7 @@ class Shell:
         # A home folder named like a user's (letters, digits, '_'): with an unquoted '~' rcl
         # then takes '/tmp/.../user/image:=...' as a valid, silently useless remap, as for
         # a real user; a '-' in the path would make rcl refuse it loudly instead.
-        self.home = Path(tempfile.mkdtemp(prefix='readme_')) / 'user'
+        self.home = Path(tempfile.mkdtemp(prefix='readme_', dir='/tmp')) / 'user'
         self.home.mkdir()
         self._copy_tree()
         (root / 'shared').symlink_to(require_shared())
