@@ -13,8 +13,9 @@ offline stand-in for ``evit-ros weights fetch``, which needs the internet).
 - A block with ``<!-- not run here: REASON -->`` on the line before its fence is skipped
   with that reason, by name.
 - A block whose first command starts the node (``segmentation_node`` / ``evit-ros node``)
-  runs in the background until the node is seen over real DDS subscribing to the topic the
-  command remaps ``~/image`` to (``<namespace>/segmentation_node/image`` without a remap);
+  runs in the background until the node is seen over real DDS subscribing to the topics the
+  command names: its ``cameras`` parameter, else the target of its ``~/image`` remap, else
+  ``<namespace>/segmentation_node/image`` (with ``autostart:=false``: until the node is up);
   then it gets Ctrl-C (SIGINT, as a user stops it) and must exit.
 - ``make demo`` must exit 0 and leave every ``demo_out/...`` file its README section names.
 - A node block that arms ``EVIT_ROS_FAULT_INJECTION`` must also log that it is armed.
@@ -36,6 +37,7 @@ from typing import Callable, List, Optional
 from conftest import REPO, require_shared
 import pytest
 from ros_harness import next_domain_id, RosClient
+import yaml
 
 README = REPO / 'README.md'
 VENV = REPO / '.venv'
@@ -230,19 +232,28 @@ class Check:
     run: Callable[[Shell, Block], None]
 
 
-def node_input_topic(command: str) -> str:
-    """Return the topic the node started by ``command`` should subscribe to.
+def node_input_topics(command: str) -> List[str]:
+    """Return the topics the node started by ``command`` should subscribe to.
 
     Read from the command as the README shows it (``shlex`` does not expand ``~``): the
-    target of a ``~/image`` remap, else ``~/image`` under the ``__ns`` remap, if any.
+    ``cameras`` parameter's topics; else the target of a ``~/image`` remap; else ``~/image``
+    under the ``__ns`` remap, if any. None (``[]``) with ``autostart:=false``: the node then
+    waits, unconfigured, for a lifecycle transition.
     """
     words = shlex.split(command)
-    remaps = dict(words[i + 1].split(':=', 1) for i, word in enumerate(words[:-1])
-                  if word in ('-r', '--remap') and ':=' in words[i + 1])
+
+    def assignments(flags):
+        return dict(words[i + 1].split(':=', 1) for i, word in enumerate(words[:-1])
+                    if word in flags and ':=' in words[i + 1])
+    remaps, params = assignments(('-r', '--remap')), assignments(('-p', '--param'))
+    if params.get('autostart', '').lower() == 'false':
+        return []
+    if 'cameras' in params:
+        return [str(topic) for topic in yaml.safe_load(params['cameras'])]
     if '~/image' in remaps:
-        return remaps['~/image']
+        return [remaps['~/image']]
     namespace = remaps.get('__ns', '').rstrip('/')
-    return f'{namespace}/segmentation_node/image'
+    return [f'{namespace}/segmentation_node/image']
 
 
 def node_subscriptions(client: RosClient, observer: str) -> dict:
@@ -257,8 +268,9 @@ def node_subscriptions(client: RosClient, observer: str) -> dict:
 
 
 def run_node_block(shell: Shell, block: Block) -> None:
-    """Start the block, see the node subscribe to its input over DDS, stop it with Ctrl-C."""
-    topic = node_input_topic(block.commands()[0])
+    """Start the block, see the node subscribe to its inputs over DDS, stop it with Ctrl-C."""
+    topics = node_input_topics(block.commands()[0])
+    expected = ', '.join(topics) or 'nothing (autostart:=false)'
     domain = next_domain_id()
     client = RosClient(domain, name='readme_observer')
     run = shell.start(block.text, domain)
@@ -267,21 +279,24 @@ def run_node_block(shell: Shell, block: Block) -> None:
         wrong_since = None
         while True:
             subscriptions = node_subscriptions(client, 'readme_observer')
-            if topic in subscriptions:
+            if topics and all(topic in subscriptions for topic in topics):
                 break
-            images = sorted(t for t in subscriptions if 'image' in t and 'camera_info' not in t)
+            if not topics and 'segmentation_node' in client.node.get_node_names():
+                break
+            images = sorted(t for t in subscriptions if 'image' in t and 'camera_info' not in t
+                            and t not in topics)
             if images:
                 wrong_since = wrong_since or time.monotonic()
                 if time.monotonic() - wrong_since > 3.0:
                     raise AssertionError(
-                        f'the node listens on {", ".join(images)}, not on {topic} as the '
+                        f'the node listens on {", ".join(images)}, not on {expected} as the '
                         f'README command says (is a ~ in a remap unquoted?)\n{block.text}')
             if run.proc.poll() is not None:
                 raise AssertionError(f'exited with {run.proc.returncode} before subscribing '
-                                     f'to {topic}:\n{block.text}\n{run.output()}')
+                                     f'to {expected}:\n{block.text}\n{run.output()}')
             if time.monotonic() > deadline:
-                raise AssertionError(f'nothing subscribed to {topic} after {NODE_TIMEOUT:.0f} s:'
-                                     f'\n{block.text}\n{run.output()}')
+                raise AssertionError(f'no subscription to {expected} after '
+                                     f'{NODE_TIMEOUT:.0f} s:\n{block.text}\n{run.output()}')
             time.sleep(0.5)
         if 'EVIT_ROS_FAULT_INJECTION=' in block.commands()[0]:
             # The README: the node logs a warning at start-up that the fault is armed.
@@ -368,10 +383,14 @@ def test_blocks_are_found_with_their_markers():
         ('top-1', None), ('node-1', 'needs a GPU'), ('node-2', None)]
     assert blocks[1].commands() == ['evit-ros x --y 1']
     assert check_for(blocks[2]) is run_node_block and check_for(blocks[0]) is run_plain_block
-    assert node_input_topic("segmentation_node --ros-args -r '~/image:=/cam/raw'") == '/cam/raw'
+    assert node_input_topics("segmentation_node --ros-args -r '~/image:=/cam/raw'") == [
+        '/cam/raw']
+    assert node_input_topics("segmentation_node --ros-args -p cameras:='[/a/image, /b/image]'") \
+        == ['/a/image', '/b/image']
+    assert node_input_topics('segmentation_node --ros-args -p autostart:=false') == []
     assert check_for(readme_blocks('```bash\nevit-ros node --help\n```')[0]) is run_plain_block
-    assert node_input_topic('evit-ros node --ros-args -r __ns:=/front') == \
-        '/front/segmentation_node/image'
+    assert node_input_topics('evit-ros node --ros-args -r __ns:=/front') == [
+        '/front/segmentation_node/image']
 
 
 UNQUOTED_TILDE_REMAP = re.compile(r"(^|\s)~/\S*:=")
