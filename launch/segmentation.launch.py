@@ -1,12 +1,13 @@
 """Launch one segmentation node on one camera.
 
     ros2 launch evit_ros segmentation.launch.py camera:=/camera/image_raw namespace:=front \
-        model:=b0-cityscapes backend:=auto preset:=b0-cityscapes use_sim_time:=false
+        preset:=b0-cityscapes params_file:=my_robot.yaml backend:=auto
 
-Parameters come from ``params_file`` (default: the installed config/segmentation.yaml),
-then the model's ``preset`` when given, then the ``model``/``backend``/``use_sim_time``
-arguments when not empty: later sources win. The Fast DDS profile for large images is set
-for the node (and anything else this launch starts).
+Parameters are loaded in this order, later sources winning: the model's ``preset`` (from
+config/presets), then your ``params_file``, then the ``model``/``backend``/``use_sim_time``
+arguments when not empty. The Fast DDS profile for large images is set for the node (and
+anything else this launch starts) unless ``FASTDDS_DEFAULT_PROFILES_FILE`` (or the older
+``FASTRTPS_DEFAULT_PROFILES_FILE``) is already set: your profile is kept.
 """
 
 import os
@@ -14,7 +15,7 @@ import os
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
-from launch.substitutions import LaunchConfiguration
+from launch.substitutions import EnvironmentVariable, LaunchConfiguration
 from launch_ros.actions import Node
 
 PACKAGE = 'evit_ros'
@@ -25,21 +26,35 @@ def _share(*parts):
     return os.path.join(get_package_share_directory(PACKAGE), *parts)
 
 
-def launch_setup(context, *args, **kwargs):
-    def value(name):
-        return LaunchConfiguration(name).perform(context)
+def parameter_sources(value):
+    """Return the node's parameters: preset, then the user's file, then the arguments."""
+    sources = []
+    if value('preset'):
+        sources.append(_share('config', 'presets', value('preset') + '.yaml'))
+    if value('params_file'):
+        sources.append(value('params_file'))
     overrides = {
         'model': value('model'),
         'backend': value('backend'),
         'use_sim_time': value('use_sim_time').lower() in ('true', '1', 'yes'),
     }
-    parameters = [value('params_file')]
-    if value('preset'):
-        parameters.append(_share('config', 'presets', value('preset') + '.yaml'))
-    parameters.append({name: v for name, v in overrides.items() if v != ''})
+    sources.append({name: v for name, v in overrides.items() if v != ''})
+    return sources
+
+
+def default_profile():
+    """Return the Fast DDS profile the user exported, else the large-image one."""
+    ours = _share('config', 'fastdds_large_images.xml')
+    return EnvironmentVariable('FASTDDS_DEFAULT_PROFILES_FILE', default_value=EnvironmentVariable(
+        'FASTRTPS_DEFAULT_PROFILES_FILE', default_value=ours))
+
+
+def launch_setup(context, *args, **kwargs):
+    def value(name):
+        return LaunchConfiguration(name).perform(context)
     return [Node(
         package=PACKAGE, executable=EXECUTABLE, name='segmentation_node',
-        namespace=value('namespace'), parameters=parameters,
+        namespace=value('namespace'), parameters=parameter_sources(value),
         remappings=[('~/image', value('camera'))], output='screen', emulate_tty=True)]
 
 
@@ -50,22 +65,23 @@ def generate_launch_description():
                               'input_transport compressed, its /compressed sibling is used)'),
         DeclareLaunchArgument('namespace', default_value='',
                               description='namespace of the node, e.g. the camera name'),
-        DeclareLaunchArgument('model', default_value='',
-                              description="registry model, e.g. b0-cityscapes; '' = from "
-                              'the params file / preset'),
-        DeclareLaunchArgument('backend', default_value='',
-                              description="auto | tensorrt | onnxruntime | torch; '' = from "
-                              'the params file'),
         DeclareLaunchArgument('preset', default_value='',
                               description='model preset from config/presets, e.g. '
-                              'b0-cityscapes'),
-        DeclareLaunchArgument('params_file', default_value=_share('config', 'segmentation.yaml'),
-                              description='ROS params file for the node'),
+                              'b0-cityscapes; loaded before params_file'),
+        DeclareLaunchArgument('params_file', default_value='',
+                              description="your ROS params file; its values win over the "
+                              "preset's; '' = none (the node's defaults)"),
+        DeclareLaunchArgument('model', default_value='',
+                              description="registry model, e.g. b0-cityscapes; '' = from "
+                              'the preset / params file'),
+        DeclareLaunchArgument('backend', default_value='',
+                              description="auto | tensorrt | onnxruntime | torch; '' = from "
+                              'the preset / params file'),
         DeclareLaunchArgument('use_sim_time', default_value='false',
                               description='true when replaying a bag with --clock'),
-        DeclareLaunchArgument('fastdds_profile',
-                              default_value=_share('config', 'fastdds_large_images.xml'),
-                              description='Fast DDS profile with a large shared-memory segment'),
+        DeclareLaunchArgument('fastdds_profile', default_value=default_profile(),
+                              description='Fast DDS profile; default: yours when '
+                              'FASTDDS_DEFAULT_PROFILES_FILE is set, else the large-image one'),
         SetEnvironmentVariable('FASTDDS_DEFAULT_PROFILES_FILE',
                                LaunchConfiguration('fastdds_profile')),
         OpaqueFunction(function=launch_setup),

@@ -21,11 +21,23 @@ def shared_dir() -> Path:
     return Path(os.environ.get('EVIT_ROS_SHARED', REPO.parent / 'shared')).resolve()
 
 
+def under_ci() -> bool:
+    """Return whether this run is a CI run (``CI=true``, as CI services set it)."""
+    return os.environ.get('CI', '').strip().lower() in ('true', '1', 'yes')
+
+
 def require_shared(*parts: str) -> Path:
-    """Return a path inside the shared folder, or skip the test saying what is missing."""
+    """Return a path inside the shared folder, or skip the test saying what is missing.
+
+    Under CI (``CI=true``) a missing path fails the test instead: CI is where the
+    real-data tests must run, and a run that skipped them all would pass unnoticed.
+    """
     path = shared_dir().joinpath(*parts)
     if not path.exists():
-        pytest.skip(f'needs {path} (set EVIT_ROS_SHARED to the shared reference folder)')
+        reason = f'needs {path} (set EVIT_ROS_SHARED to the shared reference folder)'
+        if under_ci():
+            pytest.fail(f'CI=true but the reference data is missing: {reason}', pytrace=False)
+        pytest.skip(reason)
     return path
 
 

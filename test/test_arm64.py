@@ -1,4 +1,8 @@
-"""The CPU fallback on aarch64: label maps under emulation agree with x86's (>= 99.9 %).
+"""The CPU fallback on aarch64: label maps under emulation agree with x86's.
+
+The README's figures, asserted per frame: torch on 100 % of the pixels, onnxruntime on
+>= 99.999 % (measured: 99.99924 % on the worst frame, one pixel; bench/arm64/README.md).
+``check_arm64.py`` itself passes at >= 99.9 %, a looser bound for other CPUs and versions.
 
 Runs ``bench/arm64/check_arm64.py``: an arm64 Debian Python with PyPI's aarch64 wheels of
 torch, onnxruntime, numpy and opencv, under qemu user-mode emulation of a Cortex-A72
@@ -20,7 +24,7 @@ from conftest import REPO, require_shared
 import pytest
 
 SCRIPT = REPO / 'bench' / 'arm64' / 'check_arm64.py'
-THRESHOLD = 0.999
+ONNXRUNTIME_AGREEMENT = 0.99999
 
 
 @pytest.fixture(scope='module')
@@ -61,7 +65,7 @@ def test_torch_label_maps_agree_with_x86(summary):
     # Six real frames at 256x512 and the full-resolution frame at 512x1024.
     assert len(names) == 7 and sum('512x1024' in name for name in names) == 1
     for frame in torch_report['frames']:
-        assert frame['agreement'] >= THRESHOLD, frame
+        assert frame['differing_pixels'] == 0, frame      # 100 % of the pixels
         assert frame['pixels'] >= 32768, frame
         # Same graph, same weights: logits differ by float rounding only.
         assert frame['logits_max_abs_diff'] < 1e-2, frame
@@ -76,7 +80,7 @@ def test_onnxruntime_label_maps_agree_with_x86(summary):
     assert report['compared'], report
     assert len(report['frames']) == 7
     for frame in report['frames']:
-        assert frame['agreement'] >= THRESHOLD, frame
+        assert frame['agreement'] >= ONNXRUNTIME_AGREEMENT, frame
 
 
 def test_auto_backend_falls_back_to_the_cpu_on_aarch64(summary):

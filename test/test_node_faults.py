@@ -183,6 +183,7 @@ def test_sigterm_while_segmenting_exits_within_two_seconds(frames, weights_dir, 
     finally:
         session.client.close()
         code, seconds = session.node.stop(signal.SIGTERM)
+    print(f'SIGTERM mid-frame: exited with {code} after {seconds:.2f} s')
     assert code == 0, session.node.log()
     assert seconds < 2.0, (seconds, session.node.log())
 

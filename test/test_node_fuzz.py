@@ -5,7 +5,11 @@ random and huge fields (declared sizes up to 2**32-1 pixels a side with a few by
 forged jpeg/png headers, random bytes); the test process publishes them, reliably, to the
 node in its own process. After every :data:`BATCH` of them a good frame goes out and its
 label map must come back at the right size. At the end every message is accounted for on
-/diagnostics and the node's peak resident memory grew by less than :data:`MAX_GROWTH_KB`.
+/diagnostics and the node's peak resident memory (VmHWM) grew by less than
+:data:`RAW_MAX_GROWTH_KB` / :data:`COMPRESSED_MAX_GROWTH_KB`, the bounds the README states
+(measured: +5 MB raw, up to +25 MB compressed, printed with ``pytest -s``). Decoding one of
+the forged 8192x8192 JPEGs would take 192 MB, so the compressed bound also shows the pixels
+per byte check refuses them before decoding.
 
 The network runs at 64x128 and good frames are 24x40, so each batch costs milliseconds.
 """
@@ -22,7 +26,8 @@ from ros_harness import counts, image_msg, proc_stats, reliability_domain_id, Se
 
 EXAMPLES = 500          # messages per transport
 BATCH = 10              # bad messages between two good frames
-MAX_GROWTH_KB = 100 * 1024
+RAW_MAX_GROWTH_KB = 16 * 1024
+COMPRESSED_MAX_GROWTH_KB = 32 * 1024
 GOOD = (24, 40)
 PARAMS = {'backend': 'torch', 'network_height': 64, 'network_width': 128, 'cpu_threads': 1,
           'qos_reliability': 'reliable', 'qos_depth': 100, 'diagnostics_period': 0.05,
@@ -221,7 +226,7 @@ def test_raw_image_fuzz(tmp_path, weights_dir):
         assert delta['processed'] >= tally['good']
         # Every kind of refusal was tried.
         assert len(tally['reasons']) == 7, tally['reasons']
-        assert after['hwm_kb'] - before['hwm_kb'] < MAX_GROWTH_KB, (before, after)
+        assert after['hwm_kb'] - before['hwm_kb'] < RAW_MAX_GROWTH_KB, (before, after)
         print(f'raw fuzz: {tally["sent"]} sent, {tally["bad"]} bad, {delta}, '
               f'before {before}, after {after}')
     finally:
@@ -295,7 +300,7 @@ def test_compressed_image_fuzz(tmp_path, weights_dir):
             delta, tally)
         assert now['received'] == now['processed'] + now['dropped'] + now['rejected']
         assert delta['processed'] >= tally['good']
-        assert after['hwm_kb'] - before['hwm_kb'] < MAX_GROWTH_KB, (before, after)
+        assert after['hwm_kb'] - before['hwm_kb'] < COMPRESSED_MAX_GROWTH_KB, (before, after)
         print(f'compressed fuzz: {tally["sent"]} sent, {tally["bad"]} surely bad, {delta}, '
               f'before {before}, after {after}')
     finally:

@@ -7,7 +7,8 @@
   at all, and every frame is counted.
 * Crowd: three publishers on the image topic, three label-map subscribers and a subscriber
   that joins and leaves ``~/color_mask`` and ``~/overlay`` :data:`CYCLES` times, each
-  time staying for :data:`PER_CYCLE` messages of each.
+  time staying for :data:`PER_CYCLE` messages of each. Every label map reaches every
+  label-map subscriber: each gets one per frame the node processed.
 """
 
 import threading
@@ -148,7 +149,19 @@ def test_crowd_of_publishers_and_churning_subscribers(weights_dir, tmp_path):
         after = proc_stats(session.node.proc.pid)
         now = counts(end)
         delta = {k: now[k] - base[k] for k in now}
-        maps = [len(listener.messages[TOPIC + 'label_map']) for listener in listeners]
+        crowd = {f'cam{index}' for index in range(len(publishers))}   # not the warm-up frames
+        received = [session.label_maps] + [listener.messages[TOPIC + 'label_map']
+                                           for listener in listeners]
+
+        def label_maps_per_subscriber():
+            return [sum(m.header.frame_id in crowd for m in maps) for maps in received]
+        try:   # the last label maps may still be on their way to a subscriber
+            session.client.wait_for(
+                lambda: label_maps_per_subscriber() == [delta['processed']] * len(received),
+                10.0, 'every label map at every subscriber')
+        except AssertionError:
+            pass
+        maps = label_maps_per_subscriber()
         print(f'crowd: published {published}, {delta}, listeners got {maps}, '
               f'before {before}, after {after}, color_mask '
               f"{end.get('color_mask_published')}, overlay {end.get('overlay_published')}")
@@ -159,7 +172,8 @@ def test_crowd_of_publishers_and_churning_subscribers(weights_dir, tmp_path):
         assert delta['processed'] >= CYCLES * PER_CYCLE
         assert int(end['color_mask_published']) >= CYCLES * PER_CYCLE
         assert int(end['overlay_published']) >= CYCLES * PER_CYCLE
-        assert all(count >= delta['processed'] // 2 for count in maps), (maps, delta)
+        # Every label map to every subscriber (three of them: the session's and two more).
+        assert maps == [delta['processed']] * 3, (maps, delta)
         assert after['fds'] == before['fds'] and after['threads'] == before['threads'], (
             before, after)
     finally:
