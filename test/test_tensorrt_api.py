@@ -31,7 +31,7 @@ VERSIONS = tuple(surface.WHEELS)
 #: the backend in this tree uses the flag path (BuilderFlag.FP16/INT8, int8_calibrator,
 #: ILayer.precision) on every release, so 11.x lacks names it uses. Set to True once the
 #: version-aware backend (strongly typed on >= 10) is merged: the 11.x cases then must pass.
-BACKEND_IS_VERSION_AWARE = False
+BACKEND_IS_VERSION_AWARE = True
 
 
 @pytest.fixture(scope='module')
