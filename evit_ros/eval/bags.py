@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple
 
-import cv2
 import numpy as np
+
+from evit_ros.runtime import image as decoding
 
 IMAGE = 'sensor_msgs/msg/Image'
 COMPRESSED = 'sensor_msgs/msg/CompressedImage'
@@ -22,12 +23,7 @@ STORAGES = ('mcap', 'sqlite3')
 NS = 1_000_000_000
 
 #: sensor_msgs encoding -> (numpy dtype, channels) for the raw encodings we can read.
-RAW_ENCODINGS: Dict[str, Tuple[str, int]] = {
-    'rgb8': ('u1', 3), 'bgr8': ('u1', 3), 'rgba8': ('u1', 4), 'bgra8': ('u1', 4),
-    'mono8': ('u1', 1), 'mono16': ('u2', 1),
-    '8UC1': ('u1', 1), '8UC3': ('u1', 3), '8UC4': ('u1', 4), '16UC1': ('u2', 1),
-    'yuv422': ('u1', 2), 'uyvy': ('u1', 2), 'yuv422_yuy2': ('u1', 2), 'yuyv': ('u1', 2),
-}
+RAW_ENCODINGS: Dict[str, Tuple[str, int]] = decoding.RAW_ENCODINGS
 
 #: OpenCV-style encodings -> the camera encoding they mean for segmentation.
 CAMERA_ALIASES = {'8UC1': 'mono8', '8UC3': 'bgr8', '8UC4': 'bgra8'}
@@ -46,7 +42,7 @@ class Frame:
     :param bag_time_ns: the bag's receive timestamp of the message.
     :param frame_id: the header's frame_id.
     :param image: ``HxW`` or ``HxWxC`` pixels.
-    :param encoding: sensor_msgs encoding of ``image`` (compressed input decodes to bgr8,
+    :param encoding: sensor_msgs encoding of ``image`` (compressed input decodes to bgr8, rgb8,
         mono8 or mono16).
     :param raw_format: a compressed message's ``format`` (empty for raw images).
     :param raw: a compressed message's bytes, kept to forward them unchanged.
@@ -88,53 +84,33 @@ _TYPESTORE = None
 def image_from_raw(msg) -> Tuple[np.ndarray, str]:
     """Return the pixels and encoding of a ``sensor_msgs/Image`` (rosbags or rclpy message).
 
-    Row padding (``step``) is removed; 16-bit big-endian data is byte-swapped.
+    The node's rules (:func:`evit_ros.runtime.image.decode_raw`): row padding removed,
+    16-bit big-endian data byte-swapped, data of any size but ``step * height`` refused.
 
-    :raises BagError: for an unsupported encoding or data shorter than its header claims.
+    :returns: ``HxW`` for single-channel encodings, ``HxWxC`` otherwise.
+    :raises BagError: with the decoder's one-line reason.
     """
-    encoding = str(msg.encoding)
-    if encoding not in RAW_ENCODINGS:
-        raise BagError(f'unsupported image encoding {encoding!r}; readable encodings: '
-                       f'{", ".join(RAW_ENCODINGS)}')
-    dtype, channels = RAW_ENCODINGS[encoding]
-    height, width, step = int(msg.height), int(msg.width), int(msg.step)
-    itemsize = np.dtype(dtype).itemsize
-    row = width * channels * itemsize
-    data = np.frombuffer(bytes(msg.data) if not isinstance(msg.data, np.ndarray)
-                         else msg.data, dtype=np.uint8)
-    if height == 0 or width == 0:
-        raise BagError(f'{encoding} image has zero size {width}x{height}')
-    if step < row or data.size < step * (height - 1) + row:
-        raise BagError(f'{encoding} image {width}x{height} (step {step}) needs '
-                       f'{step * height} bytes but carries {data.size}: truncated message')
-    if data.size < step * height:
-        data = np.concatenate([data, np.zeros(step * height - data.size, np.uint8)])
-    rows = data[:step * height].reshape(height, step)[:, :row]
-    order = '>' if (itemsize > 1 and msg.is_bigendian) else '<'
-    pixels = np.ascontiguousarray(rows).view(np.dtype(dtype).newbyteorder(order))
-    pixels = pixels.astype(dtype, copy=False).reshape(height, width, channels)
-    return (pixels[:, :, 0] if channels == 1 else pixels), encoding
+    try:
+        pixels, encoding = decoding.decode_raw(msg.data, msg.width, msg.height, msg.step,
+                                               str(msg.encoding), bool(msg.is_bigendian))
+    except decoding.ImageError as exc:
+        raise BagError(str(exc)) from None
+    return (pixels[:, :, 0] if pixels.shape[2] == 1 else pixels), encoding
 
 
 def image_from_compressed(msg) -> Tuple[np.ndarray, str]:
     """Decode a ``sensor_msgs/CompressedImage`` (JPEG or PNG) to pixels and an encoding.
 
-    :returns: ``(bgr8 HxWx3 | mono8 HxW | mono16 HxW, encoding)``.
-    :raises BagError: when the data is not a decodable image.
+    The node's rules (:func:`evit_ros.runtime.image.decode_compressed`), keeping
+    single-channel PNGs (label maps) as ``mono8`` / ``mono16``.
+
+    :returns: ``(bgr8 or rgb8 HxWx3 | mono8 HxW | mono16 HxW, encoding)``.
+    :raises BagError: when the data is refused or is not a decodable image.
     """
-    data = np.frombuffer(bytes(msg.data) if not isinstance(msg.data, np.ndarray)
-                         else msg.data, dtype=np.uint8)
-    pixels = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-    if pixels is None:
-        raise BagError(f'compressed image (format {msg.format!r}, {data.size} bytes) '
-                       f'cannot be decoded as JPEG or PNG')
-    if pixels.ndim == 2:
-        return pixels, 'mono16' if pixels.dtype == np.uint16 else 'mono8'
-    if pixels.shape[2] == 4:
-        pixels = cv2.cvtColor(pixels, cv2.COLOR_BGRA2BGR)
-    if pixels.dtype != np.uint8:
-        pixels = (pixels >> 8).astype(np.uint8)
-    return pixels, 'bgr8'
+    try:
+        return decoding.decode_compressed(msg.data, str(msg.format), keep_depth=True)
+    except decoding.ImageError as exc:
+        raise BagError(str(exc)) from None
 
 
 def decode_image(msgtype: str, msg) -> Tuple[np.ndarray, str]:
@@ -391,8 +367,8 @@ class BagReader:
                     pixels, encoding = decode_image(conn.msgtype, msg)
                     stamp = stamp_to_ns(msg.header.stamp.sec, msg.header.stamp.nanosec)
                 except Exception as exc:  # a lying or damaged message: skip it, say so
-                    self.errors.append(f'{conn.topic} message {index} unreadable: '
-                                       f'{_reason(exc)}')
+                    reason = str(exc) if isinstance(exc, BagError) else _reason(exc)
+                    self.errors.append(f'{conn.topic} message {index} unreadable: {reason}')
                     continue
                 frame = Frame(index, stamp, int(bag_time), str(msg.header.frame_id), pixels,
                               encoding)
