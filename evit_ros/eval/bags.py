@@ -58,6 +58,18 @@ class Frame:
     raw: Optional[bytes] = None
 
 
+def normalize_msgtype(msgtype: str) -> str:
+    """Return a message type in today's form: ``sensor_msgs/Image`` -> ``sensor_msgs/msg/Image``.
+
+    Bags recorded before Foxy (Crystal, Dashing, Eloquent) may name types without the
+    ``msg`` part; the types themselves are unchanged.
+    """
+    parts = str(msgtype).split('/')
+    if len(parts) == 2 and all(parts):
+        return f'{parts[0]}/msg/{parts[1]}'
+    return str(msgtype)
+
+
 def stamp_to_ns(sec: int, nanosec: int) -> int:
     """Return a ``builtin_interfaces/Time`` as nanoseconds, tolerating ``nanosec >= 1e9``."""
     return int(sec) * NS + int(nanosec)
@@ -195,7 +207,8 @@ def _metadata_topics(info: Dict) -> Dict[str, Tuple[str, int]]:
     for item in info.get('topics_with_message_count') or []:
         try:
             meta = item['topic_metadata']
-            topics[str(meta['name'])] = (str(meta['type']), int(item.get('message_count', 0)))
+            topics[str(meta['name'])] = (normalize_msgtype(meta['type']),
+                                         int(item.get('message_count', 0)))
         except (KeyError, TypeError, ValueError):
             continue
     return topics
@@ -217,6 +230,8 @@ class BagReader:
         self.path = Path(path)
         #: problems met while opening and reading (one line each), for the report.
         self.errors: List[str] = []
+        #: how an older bag was read (no metadata.yaml, pre-Foxy type names), one line each.
+        self.notes: List[str] = []
         self._storages: List[_Storage] = []
         self._metadata: Dict = {}
         if not self.path.exists():
@@ -225,19 +240,27 @@ class BagReader:
             self._open_folder()
         else:
             self._storages.append(_open_file(self.path, self.errors))
+        legacy = sorted({c.msgtype for s in self._storages for c in s.connections
+                         if normalize_msgtype(c.msgtype) != c.msgtype})
+        if legacy:
+            self.notes.append(f'pre-Foxy type names read as today\'s: {", ".join(legacy)}')
 
     def _open_folder(self) -> None:
         from rosbags.rosbag2 import Reader
         self._metadata = _read_metadata(self.path)
         meta_topics = _metadata_topics(self._metadata)
-        listed = [self.path / str(p) for p in self._metadata.get('relative_file_paths') or []]
+        # Before metadata version 4 the paths start with the bag folder's own name.
+        listed = [self.path / Path(str(p)).name
+                  for p in self._metadata.get('relative_file_paths') or []]
         files = [p for p in listed if p.is_file()] or sorted(
             p for p in self.path.iterdir() if p.suffix in ('.mcap', '.db3'))
         if not (self.path / 'metadata.yaml').is_file():
             if not files:
                 raise BagError(f'{self.path} is not a rosbag2 bag: no metadata.yaml and no '
                                f'.mcap / .db3 file')
-            self.errors.append(f'{self.path} has no metadata.yaml; reading the storage files')
+            # Bags recorded by Crystal to Eloquent are often copied without it; nothing is
+            # lost, the storage files say everything replay needs.
+            self.notes.append(f'{self.path} has no metadata.yaml; read the storage files')
         if self._metadata.get('compression_format') or not files:
             # File-compressed bags (.zstd): let rosbags decompress through the metadata.
             try:
@@ -299,7 +322,7 @@ class BagReader:
         out = {}
         for storage in self._storages:
             for conn in storage.connections:
-                msgtype, count = out.get(conn.topic, (conn.msgtype, 0))
+                msgtype, count = out.get(conn.topic, (normalize_msgtype(conn.msgtype), 0))
                 out[conn.topic] = (msgtype, count + int(conn.msgcount or 0))
         return out
 
@@ -362,9 +385,10 @@ class BagReader:
                     break
                 index = indices[conn.topic]
                 indices[conn.topic] += 1
+                msgtype = normalize_msgtype(conn.msgtype)
                 try:
-                    msg = store.deserialize_cdr(raw, conn.msgtype)
-                    pixels, encoding = decode_image(conn.msgtype, msg)
+                    msg = store.deserialize_cdr(raw, msgtype)
+                    pixels, encoding = decode_image(msgtype, msg)
                     stamp = stamp_to_ns(msg.header.stamp.sec, msg.header.stamp.nanosec)
                 except Exception as exc:  # a lying or damaged message: skip it, say so
                     reason = str(exc) if isinstance(exc, BagError) else _reason(exc)
@@ -372,7 +396,7 @@ class BagReader:
                     continue
                 frame = Frame(index, stamp, int(bag_time), str(msg.header.frame_id), pixels,
                               encoding)
-                if conn.msgtype == COMPRESSED:
+                if msgtype == COMPRESSED:
                     frame.raw_format, frame.raw = str(msg.format), bytes(msg.data)
                 yield conn.topic, frame
 
