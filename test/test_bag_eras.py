@@ -335,3 +335,26 @@ def test_frames_without_ground_truth_get_label_maps_and_latency(
     assert len(maps) == 3 and all(np.array_equal(a, b) for a, b in zip(maps, modern_result[1]))
     saved = json.loads((tmp_path / 'out' / 'report.json').read_text())
     assert (saved['frames_scored'], saved['frames_unlabelled']) == (1, 2)
+
+
+def test_file_compressed_bag_reads_the_same_frames(modern, tmp_path):
+    """``ros2 bag record --compression-mode file``: each storage file zstd-compressed."""
+    from rosbags.rosbag2 import CompressionFormat, CompressionMode, Writer
+    bag = tmp_path / 'zstd_file'
+    store = typestore()
+    writer = Writer(bag, version=9)
+    writer.set_compression(CompressionMode.FILE, CompressionFormat.ZSTD)
+    with writer:
+        connections = {}
+        for topic, msgtype, stamp, raw in modern[1]:
+            if topic not in connections:
+                connections[topic] = writer.add_connection(topic, msgtype, typestore=store)
+            writer.write(connections[topic], stamp, raw)
+    info = yaml.safe_load((bag / 'metadata.yaml').read_text())['rosbag2_bagfile_information']
+    assert (info['compression_format'], info['compression_mode'].lower()) == ('zstd', 'file')
+    assert all(p.endswith('.zstd') for p in info['relative_file_paths'])
+    want, _, _ = frames_of(modern[0])
+    frames, errors, _ = frames_of(bag)
+    assert errors == [] and len(frames) == 3
+    assert all(np.array_equal(a.image, b.image) and a.stamp_ns == b.stamp_ns
+               for a, b in zip(frames, want))
