@@ -358,3 +358,21 @@ def test_file_compressed_bag_reads_the_same_frames(modern, tmp_path):
     assert errors == [] and len(frames) == 3
     assert all(np.array_equal(a.image, b.image) and a.stamp_ns == b.stamp_ns
                for a, b in zip(frames, want))
+
+
+def test_calibration_reads_a_bag_with_pre_foxy_type_names(modern, tmp_path):
+    from evit_ros.runtime.calibration import CalibrationData
+    bag = tmp_path / 'v2'
+    shutil.copytree(modern[0], bag)
+    info = yaml.safe_load((bag / 'metadata.yaml').read_text())['rosbag2_bagfile_information']
+    old = metadata_for_version(info, 2, bag.name)
+    for item in old['rosbag2_bagfile_information']['topics_with_message_count']:
+        item['topic_metadata']['type'] = legacy_name(item['topic_metadata']['type'])
+    (bag / 'metadata.yaml').write_text(yaml.safe_dump(old))
+    db = sqlite3.connect(next(bag.glob('*.db3')))
+    db.execute("UPDATE topics SET type = 'sensor_msgs/Image'")
+    db.commit()
+    db.close()
+    legacy = list(CalibrationData(bag, (32, 32), max_images=3, topic=TOPIC))
+    today = list(CalibrationData(modern[0], (32, 32), max_images=3, topic=TOPIC))
+    assert len(legacy) == 3 and all(np.array_equal(a, b) for a, b in zip(legacy, today))

@@ -135,7 +135,8 @@ class CalibrationData:
                        ) -> Tuple[str, List[int]]:
         try:
             with self._reader() as reader:
-                images = {c.topic: c for c in reader.connections if c.msgtype in IMAGE_TYPES}
+                images = {c.topic: c for c in reader.connections
+                          if _modern_type(c.msgtype) in IMAGE_TYPES}
                 if topic is None:
                     if len(images) != 1:
                         found = ', '.join(sorted(images)) or 'none'
@@ -170,8 +171,14 @@ class CalibrationData:
             for index, (connection, _, raw) in enumerate(
                     reader.messages(connections=connections)):
                 if index in wanted:
-                    yield image_from_message(reader.deserialize(raw, connection.msgtype),
-                                             connection.msgtype)
+                    msgtype = _modern_type(connection.msgtype)
+                    yield image_from_message(reader.deserialize(raw, msgtype), msgtype)
+
+
+def _modern_type(msgtype: str) -> str:
+    """``sensor_msgs/Image`` (bags before Foxy) -> ``sensor_msgs/msg/Image``."""
+    parts = msgtype.split('/')
+    return f'{parts[0]}/msg/{parts[1]}' if len(parts) == 2 else msgtype
 
 
 def image_from_message(msg, msgtype: str) -> np.ndarray:
