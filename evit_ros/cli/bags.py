@@ -114,8 +114,7 @@ def register(subparsers) -> None:
                       help=f'network input HxW ({CAMVID_NETWORK} for CamVid, else '
                            f'{DEMO_NETWORK})')
     demo.add_argument('--frames', type=int,
-                      help=f'frames to replay (CamVid: all {CAMVID_FRAMES}; else '
-                           f'{SAMPLE_FRAMES})')
+                      help=f'frames to replay (all; the generated scene: {SAMPLE_FRAMES})')
     demo.add_argument('--mode', choices=MODES, default='node',
                       help='node (default: the real node over DDS) or offline')
     demo.add_argument('--rate', type=float,
