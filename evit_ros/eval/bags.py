@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple
 
-import cv2
 import numpy as np
+
+from evit_ros.runtime import image as decoding
 
 IMAGE = 'sensor_msgs/msg/Image'
 COMPRESSED = 'sensor_msgs/msg/CompressedImage'
@@ -22,12 +23,7 @@ STORAGES = ('mcap', 'sqlite3')
 NS = 1_000_000_000
 
 #: sensor_msgs encoding -> (numpy dtype, channels) for the raw encodings we can read.
-RAW_ENCODINGS: Dict[str, Tuple[str, int]] = {
-    'rgb8': ('u1', 3), 'bgr8': ('u1', 3), 'rgba8': ('u1', 4), 'bgra8': ('u1', 4),
-    'mono8': ('u1', 1), 'mono16': ('u2', 1),
-    '8UC1': ('u1', 1), '8UC3': ('u1', 3), '8UC4': ('u1', 4), '16UC1': ('u2', 1),
-    'yuv422': ('u1', 2), 'uyvy': ('u1', 2), 'yuv422_yuy2': ('u1', 2), 'yuyv': ('u1', 2),
-}
+RAW_ENCODINGS: Dict[str, Tuple[str, int]] = decoding.RAW_ENCODINGS
 
 #: OpenCV-style encodings -> the camera encoding they mean for segmentation.
 CAMERA_ALIASES = {'8UC1': 'mono8', '8UC3': 'bgr8', '8UC4': 'bgra8'}
@@ -46,7 +42,7 @@ class Frame:
     :param bag_time_ns: the bag's receive timestamp of the message.
     :param frame_id: the header's frame_id.
     :param image: ``HxW`` or ``HxWxC`` pixels.
-    :param encoding: sensor_msgs encoding of ``image`` (compressed input decodes to bgr8,
+    :param encoding: sensor_msgs encoding of ``image`` (compressed input decodes to bgr8, rgb8,
         mono8 or mono16).
     :param raw_format: a compressed message's ``format`` (empty for raw images).
     :param raw: a compressed message's bytes, kept to forward them unchanged.
@@ -60,6 +56,18 @@ class Frame:
     encoding: str
     raw_format: str = ''
     raw: Optional[bytes] = None
+
+
+def normalize_msgtype(msgtype: str) -> str:
+    """Return a message type in today's form: ``sensor_msgs/Image`` -> ``sensor_msgs/msg/Image``.
+
+    Bags recorded before Foxy (Crystal, Dashing, Eloquent) may name types without the
+    ``msg`` part; the types themselves are unchanged.
+    """
+    parts = str(msgtype).split('/')
+    if len(parts) == 2 and all(parts):
+        return f'{parts[0]}/msg/{parts[1]}'
+    return str(msgtype)
 
 
 def stamp_to_ns(sec: int, nanosec: int) -> int:
@@ -88,53 +96,33 @@ _TYPESTORE = None
 def image_from_raw(msg) -> Tuple[np.ndarray, str]:
     """Return the pixels and encoding of a ``sensor_msgs/Image`` (rosbags or rclpy message).
 
-    Row padding (``step``) is removed; 16-bit big-endian data is byte-swapped.
+    The node's rules (:func:`evit_ros.runtime.image.decode_raw`): row padding removed,
+    16-bit big-endian data byte-swapped, data of any size but ``step * height`` refused.
 
-    :raises BagError: for an unsupported encoding or data shorter than its header claims.
+    :returns: ``HxW`` for single-channel encodings, ``HxWxC`` otherwise.
+    :raises BagError: with the decoder's one-line reason.
     """
-    encoding = str(msg.encoding)
-    if encoding not in RAW_ENCODINGS:
-        raise BagError(f'unsupported image encoding {encoding!r}; readable encodings: '
-                       f'{", ".join(RAW_ENCODINGS)}')
-    dtype, channels = RAW_ENCODINGS[encoding]
-    height, width, step = int(msg.height), int(msg.width), int(msg.step)
-    itemsize = np.dtype(dtype).itemsize
-    row = width * channels * itemsize
-    data = np.frombuffer(bytes(msg.data) if not isinstance(msg.data, np.ndarray)
-                         else msg.data, dtype=np.uint8)
-    if height == 0 or width == 0:
-        raise BagError(f'{encoding} image has zero size {width}x{height}')
-    if step < row or data.size < step * (height - 1) + row:
-        raise BagError(f'{encoding} image {width}x{height} (step {step}) needs '
-                       f'{step * height} bytes but carries {data.size}: truncated message')
-    if data.size < step * height:
-        data = np.concatenate([data, np.zeros(step * height - data.size, np.uint8)])
-    rows = data[:step * height].reshape(height, step)[:, :row]
-    order = '>' if (itemsize > 1 and msg.is_bigendian) else '<'
-    pixels = np.ascontiguousarray(rows).view(np.dtype(dtype).newbyteorder(order))
-    pixels = pixels.astype(dtype, copy=False).reshape(height, width, channels)
-    return (pixels[:, :, 0] if channels == 1 else pixels), encoding
+    try:
+        pixels, encoding = decoding.decode_raw(msg.data, msg.width, msg.height, msg.step,
+                                               str(msg.encoding), bool(msg.is_bigendian))
+    except decoding.ImageError as exc:
+        raise BagError(str(exc)) from None
+    return (pixels[:, :, 0] if pixels.shape[2] == 1 else pixels), encoding
 
 
 def image_from_compressed(msg) -> Tuple[np.ndarray, str]:
     """Decode a ``sensor_msgs/CompressedImage`` (JPEG or PNG) to pixels and an encoding.
 
-    :returns: ``(bgr8 HxWx3 | mono8 HxW | mono16 HxW, encoding)``.
-    :raises BagError: when the data is not a decodable image.
+    The node's rules (:func:`evit_ros.runtime.image.decode_compressed`), keeping
+    single-channel PNGs (label maps) as ``mono8`` / ``mono16``.
+
+    :returns: ``(bgr8 or rgb8 HxWx3 | mono8 HxW | mono16 HxW, encoding)``.
+    :raises BagError: when the data is refused or is not a decodable image.
     """
-    data = np.frombuffer(bytes(msg.data) if not isinstance(msg.data, np.ndarray)
-                         else msg.data, dtype=np.uint8)
-    pixels = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-    if pixels is None:
-        raise BagError(f'compressed image (format {msg.format!r}, {data.size} bytes) '
-                       f'cannot be decoded as JPEG or PNG')
-    if pixels.ndim == 2:
-        return pixels, 'mono16' if pixels.dtype == np.uint16 else 'mono8'
-    if pixels.shape[2] == 4:
-        pixels = cv2.cvtColor(pixels, cv2.COLOR_BGRA2BGR)
-    if pixels.dtype != np.uint8:
-        pixels = (pixels >> 8).astype(np.uint8)
-    return pixels, 'bgr8'
+    try:
+        return decoding.decode_compressed(msg.data, str(msg.format), keep_depth=True)
+    except decoding.ImageError as exc:
+        raise BagError(str(exc)) from None
 
 
 def decode_image(msgtype: str, msg) -> Tuple[np.ndarray, str]:
@@ -219,7 +207,8 @@ def _metadata_topics(info: Dict) -> Dict[str, Tuple[str, int]]:
     for item in info.get('topics_with_message_count') or []:
         try:
             meta = item['topic_metadata']
-            topics[str(meta['name'])] = (str(meta['type']), int(item.get('message_count', 0)))
+            topics[str(meta['name'])] = (normalize_msgtype(meta['type']),
+                                         int(item.get('message_count', 0)))
         except (KeyError, TypeError, ValueError):
             continue
     return topics
@@ -241,6 +230,8 @@ class BagReader:
         self.path = Path(path)
         #: problems met while opening and reading (one line each), for the report.
         self.errors: List[str] = []
+        #: how an older bag was read (no metadata.yaml, pre-Foxy type names), one line each.
+        self.notes: List[str] = []
         self._storages: List[_Storage] = []
         self._metadata: Dict = {}
         if not self.path.exists():
@@ -249,19 +240,27 @@ class BagReader:
             self._open_folder()
         else:
             self._storages.append(_open_file(self.path, self.errors))
+        legacy = sorted({c.msgtype for s in self._storages for c in s.connections
+                         if normalize_msgtype(c.msgtype) != c.msgtype})
+        if legacy:
+            self.notes.append(f'pre-Foxy type names read as today\'s: {", ".join(legacy)}')
 
     def _open_folder(self) -> None:
         from rosbags.rosbag2 import Reader
         self._metadata = _read_metadata(self.path)
         meta_topics = _metadata_topics(self._metadata)
-        listed = [self.path / str(p) for p in self._metadata.get('relative_file_paths') or []]
+        # Before metadata version 4 the paths start with the bag folder's own name.
+        listed = [self.path / Path(str(p)).name
+                  for p in self._metadata.get('relative_file_paths') or []]
         files = [p for p in listed if p.is_file()] or sorted(
             p for p in self.path.iterdir() if p.suffix in ('.mcap', '.db3'))
         if not (self.path / 'metadata.yaml').is_file():
             if not files:
                 raise BagError(f'{self.path} is not a rosbag2 bag: no metadata.yaml and no '
                                f'.mcap / .db3 file')
-            self.errors.append(f'{self.path} has no metadata.yaml; reading the storage files')
+            # Bags recorded by Crystal to Eloquent are often copied without it; nothing is
+            # lost, the storage files say everything replay needs.
+            self.notes.append(f'{self.path} has no metadata.yaml; read the storage files')
         if self._metadata.get('compression_format') or not files:
             # File-compressed bags (.zstd): let rosbags decompress through the metadata.
             try:
@@ -323,7 +322,7 @@ class BagReader:
         out = {}
         for storage in self._storages:
             for conn in storage.connections:
-                msgtype, count = out.get(conn.topic, (conn.msgtype, 0))
+                msgtype, count = out.get(conn.topic, (normalize_msgtype(conn.msgtype), 0))
                 out[conn.topic] = (msgtype, count + int(conn.msgcount or 0))
         return out
 
@@ -386,17 +385,18 @@ class BagReader:
                     break
                 index = indices[conn.topic]
                 indices[conn.topic] += 1
+                msgtype = normalize_msgtype(conn.msgtype)
                 try:
-                    msg = store.deserialize_cdr(raw, conn.msgtype)
-                    pixels, encoding = decode_image(conn.msgtype, msg)
+                    msg = store.deserialize_cdr(raw, msgtype)
+                    pixels, encoding = decode_image(msgtype, msg)
                     stamp = stamp_to_ns(msg.header.stamp.sec, msg.header.stamp.nanosec)
                 except Exception as exc:  # a lying or damaged message: skip it, say so
-                    self.errors.append(f'{conn.topic} message {index} unreadable: '
-                                       f'{_reason(exc)}')
+                    reason = str(exc) if isinstance(exc, BagError) else _reason(exc)
+                    self.errors.append(f'{conn.topic} message {index} unreadable: {reason}')
                     continue
                 frame = Frame(index, stamp, int(bag_time), str(msg.header.frame_id), pixels,
                               encoding)
-                if conn.msgtype == COMPRESSED:
+                if msgtype == COMPRESSED:
                     frame.raw_format, frame.raw = str(msg.format), bytes(msg.data)
                 yield conn.topic, frame
 

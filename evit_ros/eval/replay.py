@@ -419,6 +419,8 @@ def run_node(run: Run, stop: StopSignals, progress: Optional[Progress]) -> None:
         while session.diagnostics_count < seen + 2 and time.monotonic() < deadline:
             time.sleep(0.05)
         run.node_diagnostics = dict(session.diagnostics)
+        # What the node runs (auto resolved), not what was asked for.
+        run.backend_name = run.node_diagnostics.get('backend') or run.backend_name
     except NodeError as exc:
         raise ReplayError(str(exc)) from None
     finally:

@@ -7,47 +7,30 @@ later by the worker (:func:`compressed_to_array`).
 """
 
 import array
-import re
-from typing import Optional, Tuple
+from typing import Tuple
 
-import cv2
 import numpy as np
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
 
+from evit_ros.runtime import image as decoding
 from evit_ros.runtime.image import ENCODINGS, ImageError
 
-#: Largest compressed image the node decodes (pixels); bigger headers are refused unread.
-MAX_DECODED_PIXELS = 8192 * 8192
-#: Most pixels a compressed image may declare per byte of data. The densest real encodings
-#: measured (a uniform 8-bit grey png at zlib level 9, ~1000 px/byte; progressive jpeg,
-#: ~250) stay well below; a few hundred bytes declaring thousands of pixels squared are a
-#: header forged or corrupted, and decoding it would allocate the declared size (libjpeg
-#: fills a short scan with grey) for nothing.
-MAX_PIXELS_PER_BYTE = 4096
-
-_SUPPORTED = ', '.join(ENCODINGS)
-_JPEG_MAGIC = b'\xff\xd8\xff'
-_PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
-# sensor_msgs names with more than one byte per channel (e.g. mono16, 32FC1, bgra16).
-_MULTI_BYTE_NAME = re.compile(r'^(?:[a-z]+16|(?:16|32|64)[USF]C\d+)$')
+#: Largest compressed image the node decodes (pixels); see :mod:`evit_ros.runtime.image`.
+MAX_DECODED_PIXELS = decoding.MAX_DECODED_PIXELS
+#: Most pixels a compressed image may declare per byte of data.
+MAX_PIXELS_PER_BYTE = decoding.MAX_PIXELS_PER_BYTE
 
 
 class MessageError(ImageError):
     """A message that cannot be segmented; ``str()`` is the one-line reason."""
 
 
-def _bytes(data) -> memoryview:
-    """Return the message payload as a flat byte buffer (``array``, ``bytes`` or list)."""
-    if isinstance(data, (bytes, bytearray, array.array, memoryview)):
-        return memoryview(data).cast('B')
-    return memoryview(bytes(data))
-
-
 def image_to_array(msg: Image) -> Tuple[np.ndarray, str]:
     """Return an ``HxWxC`` uint8 view of a raw image's pixels and its encoding.
 
-    Row padding (``step`` larger than ``width * channels``) is skipped without copying.
+    Row padding (``step`` larger than ``width * channels``) is skipped without copying. The
+    rules are :func:`evit_ros.runtime.image.decode_raw`'s, shared with bags and calibration.
 
     :param msg: a ``sensor_msgs/Image`` in one of :data:`evit_ros.runtime.image.ENCODINGS`.
     :rtype: tuple(numpy.ndarray, str)
@@ -55,121 +38,38 @@ def image_to_array(msg: Image) -> Tuple[np.ndarray, str]:
         data, an odd width in YUV 4:2:2, a step shorter than a row, or data that does not
         match ``step * height``.
     """
-    encoding, width, height, step = msg.encoding, msg.width, msg.height, msg.step
-    if width == 0 or height == 0:
-        raise MessageError(f'zero-size image {width}x{height}; publish an image with pixels')
-    if msg.is_bigendian and _MULTI_BYTE_NAME.match(encoding):
-        raise MessageError(f'big-endian {encoding} image (is_bigendian=1) is not supported; '
-                           f'publish 8-bit images: {_SUPPORTED}')
-    if encoding not in ENCODINGS:
-        raise MessageError(f'unsupported encoding {encoding!r}; supported: {_SUPPORTED}')
-    channels = ENCODINGS[encoding][0]
-    if channels == 2 and width % 2:
-        raise MessageError(f'{encoding} (YUV 4:2:2) needs an even width, got {width}')
-    row = width * channels
-    if step < row:
-        raise MessageError(f'step {step} is shorter than a row of a {width}x{height} '
-                           f'{encoding} image ({row} bytes); set step >= width * channels')
-    data = _bytes(msg.data)
-    expected = step * height
-    if len(data) < expected:
-        raise MessageError(f'truncated image: {width}x{height} {encoding} with step {step} '
-                           f'needs {expected} bytes, got {len(data)}')
-    if len(data) > expected:
-        raise MessageError(f'data size {len(data)} does not match step * height = '
-                           f'{step} * {height} = {expected} for {width}x{height} {encoding}')
-    rows = np.frombuffer(data, dtype=np.uint8).reshape(height, step)
-    return rows[:, :row].reshape(height, width, channels), encoding
+    try:
+        return decoding.decode_raw(msg.data, msg.width, msg.height, msg.step, msg.encoding,
+                                   bool(msg.is_bigendian), ENCODINGS)
+    except ImageError as exc:
+        raise MessageError(str(exc)) from None
 
 
 def check_compressed(msg: CompressedImage) -> str:
     """Check a compressed image without decoding it and return ``'jpeg'`` or ``'png'``.
 
-    :raises MessageError: for another format, empty data, a bad signature, a truncated
-        JPEG, a declared size beyond :data:`MAX_DECODED_PIXELS`, or one implausibly large
-        for the data (more than :data:`MAX_PIXELS_PER_BYTE` pixels per byte).
+    :raises MessageError: as :func:`evit_ros.runtime.image.check_compressed` refuses it
+        (format, empty, signature, truncated JPEG, declared size too large for the node or
+        for the data).
     """
-    fmt = msg.format.lower()
-    if 'compresseddepth' in fmt:
-        kind = None
-    elif 'jpeg' in fmt or 'jpg' in fmt:
-        kind = 'jpeg'
-    elif 'png' in fmt:
-        kind = 'png'
-    else:
-        kind = None
-    if kind is None:
-        raise MessageError(f'unsupported compressed format {msg.format!r}; publish jpeg or png '
-                           f'(image_transport "compressed")')
-    data = _bytes(msg.data)
-    if len(data) == 0:
-        raise MessageError(f'empty {kind} image (0 bytes)')
-    width, height = _declared_size(data, kind)
-    if width == 0 or height == 0:
-        raise MessageError(f'zero-size {kind} image {width}x{height}')
-    if width * height > MAX_DECODED_PIXELS:
-        raise MessageError(f'{kind} declares {width}x{height} pixels, more than the '
-                           f'{MAX_DECODED_PIXELS} this node decodes; corrupt or not a '
-                           f'camera image')
-    if width * height > MAX_PIXELS_PER_BYTE * len(data):
-        raise MessageError(f'{kind} declares {width}x{height} pixels in only {len(data)} '
-                           f'bytes (over {MAX_PIXELS_PER_BYTE} pixels per byte); corrupt '
-                           f'header, not decoded')
-    if kind == 'jpeg' and b'\xff\xd9' not in bytes(data[-16:]):
-        raise MessageError(f'truncated jpeg: no end-of-image marker in {len(data)} bytes')
-    return kind
+    try:
+        return decoding.check_compressed(msg.data, msg.format)
+    except ImageError as exc:
+        raise MessageError(str(exc)) from None
 
 
 def compressed_to_array(msg: CompressedImage) -> Tuple[np.ndarray, str]:
-    """Decode a jpeg or png ``CompressedImage`` to ``HxWx3`` BGR and return it with ``'bgr8'``.
+    """Decode a jpeg or png ``CompressedImage`` to ``HxWx3`` and its order (``'bgr8'``).
+
+    ``'rgb8'`` only when the format string says the stored data is RGB.
 
     :rtype: tuple(numpy.ndarray, str)
     :raises MessageError: when :func:`check_compressed` refuses it or decoding fails.
     """
-    kind = check_compressed(msg)
-    buffer = np.frombuffer(_bytes(msg.data), dtype=np.uint8)
-    image = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
-    if image is None or image.size == 0:
-        raise MessageError(f'corrupt {kind}: cannot decode {buffer.size} bytes')
-    return image, 'bgr8'
-
-
-def _declared_size(data: memoryview, kind: str) -> Tuple[int, int]:
-    """Return ``(width, height)`` from a jpeg or png header without decoding pixels."""
-    raw = bytes(data[:64]) if kind == 'png' else data
-    if kind == 'png':
-        if raw[:8] != _PNG_MAGIC or raw[12:16] != b'IHDR':
-            raise MessageError(f'corrupt png: bad signature in {len(data)} bytes')
-        return int.from_bytes(raw[16:20], 'big'), int.from_bytes(raw[20:24], 'big')
-    if bytes(data[:3]) != _JPEG_MAGIC:
-        raise MessageError(f'corrupt jpeg: bad signature in {len(data)} bytes')
-    size = _jpeg_frame_size(data)
-    if size is None:
-        raise MessageError(f'corrupt jpeg: no frame header in {len(data)} bytes')
-    return size
-
-
-def _jpeg_frame_size(data: memoryview) -> Optional[Tuple[int, int]]:
-    """Walk JPEG markers up to the start-of-frame and return its ``(width, height)``."""
-    index, end = 2, len(data)
-    while index + 9 <= end:
-        if data[index] != 0xFF:
-            return None
-        marker = data[index + 1]
-        if marker == 0xFF:                   # fill byte
-            index += 1
-            continue
-        if marker == 0x01 or 0xD0 <= marker <= 0xD8:
-            index += 2                       # markers without a length
-            continue
-        if marker == 0xDA:                   # start of scan before any frame header
-            return None
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            height = data[index + 5] << 8 | data[index + 6]
-            width = data[index + 7] << 8 | data[index + 8]
-            return width, height
-        index += 2 + (data[index + 2] << 8 | data[index + 3])
-    return None
+    try:
+        return decoding.decode_compressed(msg.data, msg.format)
+    except ImageError as exc:
+        raise MessageError(str(exc)) from None
 
 
 def array_to_image(pixels: np.ndarray, encoding: str, header: Header) -> Image:

@@ -15,7 +15,7 @@ from typing import Iterator, List, Optional, Tuple, Union
 import cv2
 import numpy as np
 
-from evit_ros.runtime.image import ENCODINGS, ImageError, to_rgb
+from evit_ros.runtime.image import decode_to_rgb, ImageError
 from evit_ros.runtime.preprocess import preprocess
 
 #: image files a calibration folder may hold.
@@ -135,7 +135,8 @@ class CalibrationData:
                        ) -> Tuple[str, List[int]]:
         try:
             with self._reader() as reader:
-                images = {c.topic: c for c in reader.connections if c.msgtype in IMAGE_TYPES}
+                images = {c.topic: c for c in reader.connections
+                          if _modern_type(c.msgtype) in IMAGE_TYPES}
                 if topic is None:
                     if len(images) != 1:
                         found = ', '.join(sorted(images)) or 'none'
@@ -170,29 +171,25 @@ class CalibrationData:
             for index, (connection, _, raw) in enumerate(
                     reader.messages(connections=connections)):
                 if index in wanted:
-                    yield image_from_message(reader.deserialize(raw, connection.msgtype),
-                                             connection.msgtype)
+                    msgtype = _modern_type(connection.msgtype)
+                    yield image_from_message(reader.deserialize(raw, msgtype), msgtype)
+
+
+def _modern_type(msgtype: str) -> str:
+    """``sensor_msgs/Image`` (bags before Foxy) -> ``sensor_msgs/msg/Image``."""
+    parts = msgtype.split('/')
+    return f'{parts[0]}/msg/{parts[1]}' if len(parts) == 2 else msgtype
 
 
 def image_from_message(msg, msgtype: str) -> np.ndarray:
     """Return ``HxWx3`` RGB from a deserialised ``Image`` or ``CompressedImage`` message.
 
-    :raises CalibrationError: for an encoding that is not 8-bit (see ``ENCODINGS``).
+    The node's decoding rules (:func:`evit_ros.runtime.image.decode_to_rgb`), so a frame
+    the node would refuse is refused here with the same reason.
+
+    :raises CalibrationError: with the decoder's one-line reason.
     """
-    if msgtype.endswith('CompressedImage'):
-        bgr = cv2.imdecode(np.frombuffer(bytes(msg.data), np.uint8), cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise CalibrationError(f'cannot decode a {msg.format!r} CompressedImage')
-        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-    if msg.encoding not in ENCODINGS:
-        raise CalibrationError(f'calibration images must be 8-bit ({", ".join(ENCODINGS)}), '
-                               f'got {msg.encoding!r}')
-    channels = ENCODINGS[msg.encoding][0]
-    data = np.frombuffer(bytes(msg.data), np.uint8)
     try:
-        rows = data.reshape(msg.height, msg.step)[:, :msg.width * channels]
-        pixels = rows.reshape(msg.height, msg.width, channels)
-        return to_rgb(pixels, msg.encoding)
-    except (ValueError, ImageError) as exc:
-        raise CalibrationError(f'malformed {msg.encoding} Image message '
-                               f'{msg.width}x{msg.height} step {msg.step}: {exc}') from None
+        return decode_to_rgb(msgtype, msg)
+    except ImageError as exc:
+        raise CalibrationError(str(exc)) from None
