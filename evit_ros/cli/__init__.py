@@ -15,6 +15,7 @@ COMMAND_MODULES = (
     'evit_ros.cli.engines',     # build-engine, engines list | clean
     'evit_ros.cli.node',        # node
     'evit_ros.cli.bags',        # make-bag, replay, demo
+    'evit_ros.cli.evaluate',    # evaluate (many bags, on Dask)
 )
 
 
