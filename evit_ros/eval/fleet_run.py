@@ -62,25 +62,36 @@ def _forget(records: Path, paths: List[Path], out: Path) -> None:
 
 
 class _FrameProgress:
-    """A thread-safe front for :class:`Progress`: frames done, with bags in the note."""
+    """A thread-safe front for :class:`Progress`: frames done, with bags in the note.
+
+    The bar starts with the first frame done, so that its rate and ETA are those of the
+    evaluation, not of the workers starting up and loading the model.
+    """
 
     def __init__(self, total: int, bags: int, enabled: bool):
-        self.progress = Progress(total, 'evaluate') if enabled else None
+        self.total = total
+        self.enabled = enabled
+        self.progress = None
         self.bags = bags
         self.done = 0
         self.failed = 0
         self._lock = threading.Lock()
 
+    def _bar(self) -> Progress:
+        if self.progress is None:
+            self.progress = Progress(self.total, 'evaluate')
+        return self.progress
+
     def frames(self, count: int) -> None:
         with self._lock:
-            if self.progress:
-                self.progress.update(count, self._note())
+            if self.enabled:
+                self._bar().update(count, self._note())
 
     def bag(self, result: BagResult) -> None:
         with self._lock:
             self.done += 1
             self.failed += result.status == 'failed'
-            if self.progress:
+            if self.progress is not None:
                 self.progress.update(0, self._note())
 
     def _note(self) -> str:
