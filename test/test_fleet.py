@@ -156,6 +156,7 @@ def test_fleet_miou_equals_one_replay_of_all_frames(local_cluster_run, one_repla
     assert report['backend'] == reference['backend'] and report['device'] == 'cpu'
     assert report['precision'] == 'fp32' and report['network_size'] == [192, 256]
     assert report['latency_ms']['count'] == 101
+    assert report['miou'] * 100 == pytest.approx(42.72, abs=0.05)  # README, 192x256
     # ... and frame for frame, in the order of the concatenated recording.
     fleet_rows = frames_csv(out / 'frames.csv')
     replay_rows = frames_csv(reference_out / 'frames.csv')

@@ -99,9 +99,8 @@ class DaskRunner:
         """
         import dask
         from distributed import Client
-        # Quiet, loopback-only, and no attempt at the dashboard's optional packages.
-        dask.config.set({'distributed.scheduler.dashboard.enabled': False,
-                         'distributed.admin.system-monitor.gil.enabled': False,
+        # No GIL monitor or statistical profiler: they only feed the dashboard, which is off.
+        dask.config.set({'distributed.admin.system-monitor.gil.enabled': False,
                          'distributed.worker.profile.enabled': False})
         if self.scheduler:
             try:
