@@ -237,7 +237,7 @@ def test_scheduler_and_two_workers_match_the_sequential_run(fleet, fleet_env, tm
     assert [b['status'] for b in report['bags']] == ['failed'] + ['ok'] * 5 + ['failed']
 
 
-def test_resume_after_a_kill_then_force(fleet, local_cluster_run, tmp_path, capsys):
+def test_resume_after_ctrl_c_then_force(fleet, local_cluster_run, tmp_path, capsys):
     _, reference_out = local_cluster_run
     reference = json.loads((reference_out / 'report.json').read_text())
     out = tmp_path / 'out'
@@ -245,8 +245,10 @@ def test_resume_after_a_kill_then_force(fleet, local_cluster_run, tmp_path, caps
     command = [str(BIN / 'evit-ros'), 'evaluate', str(fleet / 'bags'), '--image-topic', TOPIC,
                '--network-size', NETWORK, '--threads', '1', '--workers', '1', '--out',
                str(out)]
-    proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    log = tmp_path / 'interrupted.log'
+    with open(log, 'w') as stderr:
+        proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=stderr,
+                                start_new_session=True)
     done = []
     try:
         deadline = time.monotonic() + 240
@@ -255,13 +257,17 @@ def test_resume_after_a_kill_then_force(fleet, local_cluster_run, tmp_path, caps
             if done:
                 break
             time.sleep(0.05)
-        os.killpg(proc.pid, signal.SIGKILL)  # the client and its local cluster, mid-run
-        proc.wait()
+        # Ctrl-C as a terminal sends it: to the client and its local cluster's workers.
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(timeout=120) == 130
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    assert 1 <= len(done) < len(DRIVES) and not (out / 'report.json').exists()
+    assert 'Traceback' not in log.read_text()
+    partial = json.loads((out / 'report.json').read_text())
+    assert partial['interrupted'] == 'SIGINT' and 'run again to go on' in partial['error']
+    assert 1 <= partial['bags_ok'] < len(DRIVES)
     capsys.readouterr()
     done = [p for p in drive_paths(fleet) if load_result(records, p) is not None]
     assert evaluate(fleet / 'bags', '--workers', 0, '--out', out) == 1

@@ -17,7 +17,10 @@ file system, or the same files copied to each machine); see the README's "Fleet
 evaluation" section.
 """
 
+import contextlib
 import os
+import signal
+import threading
 import time
 import uuid
 from typing import Callable, Dict, Iterator, List, Optional
@@ -124,10 +127,13 @@ class DaskRunner:
         cores = available_cores()
         workers = self.workers or max(1, min(cores, bags))
         self.workers = workers
-        self.cluster = LocalCluster(
-            n_workers=workers, threads_per_worker=1, processes=True, host='127.0.0.1',
-            scheduler_port=0, dashboard_address=None, worker_dashboard_address=None,
-            silence_logs=logging.ERROR)
+        with _workers_ignore_sigint():
+            self.cluster = LocalCluster(
+                n_workers=workers, threads_per_worker=1, processes=True, host='127.0.0.1',
+                scheduler_port=0, dashboard_address=None, worker_dashboard_address=None,
+                # Task failures come back through their futures; what workers would log
+                # besides is shutdown noise (a heartbeat racing the scheduler's close).
+                silence_logs=logging.CRITICAL)
         self.client = Client(self.cluster, set_as_default=False)
 
     def threads_by_host(self) -> Dict[str, int]:
@@ -242,6 +248,23 @@ class LocalRunner:
 
     def __exit__(self, *exc):
         self.close()
+
+
+@contextlib.contextmanager
+def _workers_ignore_sigint():
+    """Start worker processes with SIGINT ignored (it is inherited by the processes).
+
+    Ctrl-C reaches every process of the terminal's group; the client alone must handle
+    it (cancel, record, report, close the cluster), not workers dying with tracebacks.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _with_threads(settings: FleetSettings, threads: int) -> FleetSettings:
