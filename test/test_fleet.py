@@ -7,6 +7,7 @@ scored with the official checkpoint at 192x256, one inference thread per worker,
 every run here gives the same label maps bit for bit.
 """
 
+import contextlib
 import json
 import os
 import signal
@@ -39,10 +40,17 @@ def fleet_env(tmp_path_factory):
     """Weights from ../shared, and one ONNX cache for the session (exported once)."""
     weights = require_shared('weights', 'efficientvit_seg_b0_cityscapes.pt').parent
     cache = tmp_path_factory.mktemp('fleet_cache')
+    return {'EVIT_ROS_WEIGHTS_DIR': str(weights), 'EVIT_ROS_CACHE': str(cache)}
+
+
+@contextlib.contextmanager
+def environment(values):
+    """Set environment variables for the work of a session fixture only."""
+    # Not for the whole session: other test files must not inherit the weights folder.
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv('EVIT_ROS_WEIGHTS_DIR', str(weights))
-        patch.setenv('EVIT_ROS_CACHE', str(cache))
-        yield {'EVIT_ROS_WEIGHTS_DIR': str(weights), 'EVIT_ROS_CACHE': str(cache)}
+        for key, value in values.items():
+            patch.setenv(key, value)
+        yield
 
 
 @pytest.fixture(autouse=True)
@@ -53,7 +61,7 @@ def same_cache(fleet_env, monkeypatch):
 
 
 @pytest.fixture(scope='session')
-def fleet(tmp_path_factory, fleet_env):
+def fleet(tmp_path_factory):
     """The bags: ``bags/`` (five drives, a corrupt one, one without the topic), ``all``."""
     images = list_images(require_shared('data', 'camvid', 'val'))
     pairs = pair_labels(images, require_shared('data', 'camvid', 'valannot'), 'camvid')
@@ -79,8 +87,9 @@ def fleet(tmp_path_factory, fleet_env):
 def one_replay(fleet, fleet_env, tmp_path_factory):
     """``replay`` of the 101 frames as one bag: the reference."""
     out = tmp_path_factory.mktemp('replay') / 'out'
-    report = replay(ReplayOptions(fleet / 'all', TOPIC, out, backend='auto',
-                                  network_size=(192, 256), progress=False))
+    with environment(fleet_env):
+        report = replay(ReplayOptions(fleet / 'all', TOPIC, out, backend='auto',
+                                      network_size=(192, 256), progress=False))
     return report, out
 
 
@@ -93,7 +102,8 @@ def evaluate(*args) -> int:
 def local_cluster_run(fleet, fleet_env, tmp_path_factory):
     """The fleet on the default local cluster (two worker processes): (exit code, out)."""
     out = tmp_path_factory.mktemp('local') / 'out'
-    code = evaluate(fleet / 'bags', '--workers', 2, '--out', out)
+    with environment(fleet_env):
+        code = evaluate(fleet / 'bags', '--workers', 2, '--out', out)
     return code, out
 
 
