@@ -140,7 +140,7 @@ def test_find_bags(fleet, tmp_path):
                        f'{os.path.relpath(bags / "drive_1", tmp_path)}  # relative\n'
                        f'{bags / "drive_0"}\n')
     found = find_bags([str(listing), str(bags / 'drive_2')])
-    assert [p.name for p in found] == ['drive_0', 'drive_1', 'drive_2']
+    assert found == [bags / 'drive_0', bags / 'drive_1', bags / 'drive_2']
     assert [p.name for p in find_bags([str(bags / 'drive_0' / 'drive_0.mcap')])] == [
         'drive_0.mcap']
     with pytest.raises(FleetError, match='does not exist'):
@@ -289,6 +289,8 @@ def test_resume_after_ctrl_c_then_force(fleet, local_cluster_run, tmp_path, caps
     assert report['bags_ok'] == len(DRIVES) - len(done) and report['bags_failed'] == 2
     assert report['miou'] == reference['miou']
     assert report['confusion_matrix'] == reference['confusion_matrix']
+    # Recorded thumbnails are merged too: the same worst frames across the fleet.
+    assert report['worst_frames'] == reference['worst_frames']
     # Other settings do not mix with what is recorded ...
     assert main(['evaluate', str(fleet / 'bags'), '--image-topic', TOPIC, '--network-size',
                  '256x352', '--workers', '0', '--out', str(out), '--no-progress']) == 1
@@ -307,3 +309,13 @@ def test_resume_after_ctrl_c_then_force(fleet, local_cluster_run, tmp_path, caps
     for path in done:
         after = json.loads((records / f'{bag_id(path)}.json').read_text())['recorded']
         assert after != before[path.name]
+
+
+def test_a_model_that_cannot_be_built_stops_the_run_in_one_line(fleet, tmp_path, capsys):
+    out = tmp_path / 'out'
+    code = evaluate(fleet / 'bags' / 'drive_0', '--workers', 0, '--out', out, '--weights',
+                    tmp_path / 'missing.pt')
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and err[-1].startswith('evit-ros evaluate: error: cannot build the model')
+    assert 'missing.pt' in err[-1] and 'Traceback' not in '\n'.join(err)
+    assert not list((out / 'bags').glob('*.json'))  # no bag is blamed for it

@@ -164,7 +164,7 @@ def _is_list_file(path: Path) -> bool:
 
 
 def find_bags(specs: Sequence[str]) -> List[Path]:
-    """Expand the ``BAGS`` arguments into bag paths, in order, without duplicates.
+    """Expand the ``BAGS`` arguments into absolute bag paths, in order, without duplicates.
 
     Each argument is a bag (folder or ``.mcap`` / ``.db3`` file), a folder of bags (its
     entries that are bags), a glob (quoted, so the shell leaves it alone), or a list file:
@@ -195,9 +195,10 @@ def find_bags(specs: Sequence[str]) -> List[Path]:
         else:
             raise FleetError(f'{spec} does not exist (give bags, folders of bags, globs or '
                              f'a list file of paths)')
+    # Absolute, so that workers started elsewhere than the client read the same files.
     unique: Dict[str, Path] = {}
     for path in found:
-        unique.setdefault(os.path.abspath(path), path)
+        unique.setdefault(os.path.abspath(path), Path(os.path.abspath(path)))
     return list(unique.values())
 
 
