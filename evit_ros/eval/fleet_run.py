@@ -137,7 +137,6 @@ def evaluate_fleet(paths: List[Path], settings: FleetSettings, out: Path, runner
         say(f'evaluate: skipping {len(results)} of {len(paths)} bags evaluated by an earlier '
             f'run (records in {records}; --force redoes them)')
     todo = [str(p) for p in paths if str(p) not in results]
-    out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     classes = next((r.classes for r in results.values() if r.classes), None)
     cluster: Dict[str, object] = {'kind': 'none: every bag was recorded earlier'}
@@ -148,6 +147,7 @@ def evaluate_fleet(paths: List[Path], settings: FleetSettings, out: Path, runner
             announced = False
             try:
                 runner.start(len(todo))
+                out.mkdir(parents=True, exist_ok=True)  # not before: a failed start leaves none
                 cluster = runner.describe()
                 say(f"evaluate: {len(todo)} bags ({frames} frames) on {_where(cluster)}")
                 for result in runner.run(todo, settings, ticker.frames, stop):
@@ -175,6 +175,7 @@ def evaluate_fleet(paths: List[Path], settings: FleetSettings, out: Path, runner
         interrupted = stop.signum
     ordered = [results.get(str(p)) or failed(p, 'not evaluated: the run was stopped first')
                for p in paths]
+    out.mkdir(parents=True, exist_ok=True)
     report = build_report(ordered, settings, out, time.monotonic() - started, cluster,
                           interrupted=interrupted)
     if interrupted is not None:
