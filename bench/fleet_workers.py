@@ -5,6 +5,7 @@ Usage::
 
     .venv/bin/python bench/fleet_workers.py                        # CamVid, 352x480
     .venv/bin/python bench/fleet_workers.py --workers 1 2 --bags 4 --network-size 352x480
+    .venv/bin/python bench/fleet_workers.py --repeat 3          # alternate, median of 3
 
 The 101 real CamVid val frames (``$EVIT_ROS_SHARED/data/camvid``, default ``../shared``) are
 split into ``--bags`` mcap bags, and the same fleet is evaluated once per worker count, one
@@ -17,6 +18,10 @@ worker has one Dask thread and ``cores // workers`` inference threads (the defau
 - **after start-up**: frames / time from the first frame done to the last, which is what a
   long fleet sees;
 - the mIoU, which must not change with the worker count.
+
+With ``--repeat N`` the worker counts alternate N times (so that load from other processes
+falls on all alike) and the run of median wall time of each count is shown (the slower
+of the middle two for an even N).
 
 The weights come from ``EVIT_ROS_WEIGHTS_DIR`` (default ``$EVIT_ROS_SHARED/weights``). The
 model is built once in this process before the rows, so that the ONNX export (cached on
@@ -85,6 +90,9 @@ def main() -> int:
     parser.add_argument('--bags', type=int, default=4)
     parser.add_argument('--network-size', default='352x480')
     parser.add_argument('--backend', default='auto')
+    parser.add_argument('--repeat', type=int, default=1,
+                        help='rounds over the worker counts (alternating); the median row '
+                             'of each count is shown')
     args = parser.parse_args()
     repo = Path(__file__).resolve().parent.parent
     shared = Path(os.environ.get('EVIT_ROS_SHARED', repo.parent / 'shared')).resolve()
@@ -102,21 +110,27 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory(prefix='fleet_bench_') as tmp:
         paths = make_fleet(shared, Path(tmp) / 'bags', args.bags)
-        for workers in args.workers:
-            runner = _FirstFrame(DaskRunner(workers=workers))
-            start = time.monotonic()
-            outcome = evaluate_fleet(paths, settings, Path(tmp) / f'out_{workers}', runner,
-                                     progress=False, say=lambda text: None)
-            end = time.monotonic()
-            report = outcome.report
-            frames = report['frames']
-            steady = frames / (end - runner.first) if runner.first else 0.0
-            rows.append((workers, max(1, available_cores() // workers), frames,
-                         end - start, frames / (end - start), steady, report['miou'],
-                         f"{report['backend']}/{report['device']}/{report['precision']}"))
+        runs = {workers: [] for workers in args.workers}
+        for round_ in range(max(1, args.repeat)):
+            for workers in args.workers:
+                runner = _FirstFrame(DaskRunner(workers=workers))
+                start = time.monotonic()
+                outcome = evaluate_fleet(paths, settings, Path(tmp) / f'out_{workers}_{round_}',
+                                         runner, progress=False, say=lambda text: None)
+                end = time.monotonic()
+                report = outcome.report
+                frames = report['frames']
+                steady = frames / (end - runner.first) if runner.first else 0.0
+                runs[workers].append((
+                    workers, max(1, available_cores() // workers), frames, end - start,
+                    frames / (end - start), steady, report['miou'],
+                    f"{report['backend']}/{report['device']}/{report['precision']}"))
+        for workers, results in runs.items():
+            rows.append(sorted(results, key=lambda row: row[3])[len(results) // 2])
     print(f'# {platform.node()}: {available_cores()} cores, {platform.processor() or "cpu"}; '
           f'load average {os.getloadavg()[0]:.1f} at the end; b0-cityscapes at '
-          f'{args.network_size}, {args.bags} bags of CamVid val')
+          f'{args.network_size}, {args.bags} bags of CamVid val, median of '
+          f'{max(1, args.repeat)} alternating runs')
     header = ('workers', 'threads each', 'frames', 'wall s', 'fps end to end',
               'fps after start-up', 'mIoU', 'ran on')
     print('| ' + ' | '.join(header) + ' |')
