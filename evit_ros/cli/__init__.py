@@ -16,6 +16,7 @@ COMMAND_MODULES = (
     'evit_ros.cli.node',        # node
     'evit_ros.cli.bags',        # make-bag, replay, demo
     'evit_ros.cli.data',        # data fetch | import | list
+    'evit_ros.cli.evaluate',    # evaluate (many bags, on Dask)
 )
 
 

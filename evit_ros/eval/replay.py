@@ -257,9 +257,11 @@ class Run:
 
     def record(self, frame: Frame, label_map: np.ndarray, gt: Optional[np.ndarray],
                latency_ms: Optional[float], pipeline_ms: Optional[float] = None) -> None:
-        """Write a frame's label map to the bag and score it."""
-        self.sink.write_image(self.out_topic, label_map, frame.stamp_ns, frame.frame_id,
-                              bag_time_ns=frame.bag_time_ns, encoding=encoding_for(label_map))
+        """Write a frame's label map to the bag (when one is open) and score it."""
+        if self.sink is not None:  # fleet runs score without writing label maps
+            self.sink.write_image(self.out_topic, label_map, frame.stamp_ns, frame.frame_id,
+                                  bag_time_ns=frame.bag_time_ns,
+                                  encoding=encoding_for(label_map))
         if latency_ms is not None:
             self.latencies.append(latency_ms)
         if pipeline_ms is not None:
