@@ -148,8 +148,10 @@ def test_config_finds_the_profile_in_a_non_editable_venv_install(tmp_path):
     subprocess.run([sys._base_executable, '-m', 'venv', '--without-pip', str(venv)],
                    check=True, timeout=120)
     installed = subprocess.run(
+        # --ignore-installed: without it pip would uninstall this venv's own evit_ros first.
         [sys.executable, '-m', 'pip', 'install', '-q', '--no-deps', '--no-build-isolation',
-         '--prefix', str(venv), str(src)], capture_output=True, text=True, timeout=300)
+         '--ignore-installed', '--prefix', str(venv), str(src)], capture_output=True, text=True,
+        timeout=300)
     assert installed.returncode == 0, installed.stderr[-2000:]
     shutil.rmtree(src)  # nothing may come from the copy of the clone
     # `config` needs nothing but the package itself, so this bare venv runs it.
