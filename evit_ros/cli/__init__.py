@@ -130,5 +130,22 @@ def main(argv: Optional[List[str]] = None) -> int:
         return _quiet_broken_pipe()
 
 
+def run() -> None:
+    """Console-script entry point: :func:`main`, then exit without interpreter teardown.
+
+    Tearing down an interpreter that imported torch takes 1-3 s on a loaded CPU, longer
+    than a replay stopped by Ctrl-C may take to return. Everything a command writes is
+    closed before :func:`main` returns, so only the streams need flushing here.
+    """
+    code = main()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (BrokenPipeError, OSError, ValueError):
+            pass
+    os._exit(code)
+
+
 if __name__ == '__main__':
-    sys.exit(main())
+    run()

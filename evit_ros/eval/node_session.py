@@ -24,6 +24,8 @@ NODE_MODULE = 'evit_ros.ros.segmentation_node'
 LABEL_TOPIC = f'/{NODE_NAME}/label_map'
 DIAGNOSTICS_TOPIC = '/diagnostics'
 PROFILE_VARIABLES = ('FASTDDS_DEFAULT_PROFILES_FILE', 'FASTRTPS_DEFAULT_PROFILES_FILE')
+#: Seconds a node stopped by an interrupted replay gets to exit before it is killed.
+QUICK_GRACE_S = 1.0
 
 
 class NodeError(RuntimeError):
@@ -256,11 +258,13 @@ class NodeSession:
             pass
         return out
 
-    def close(self) -> None:
+    def close(self, quick: bool = False) -> None:
         """Stop the node (SIGINT, then SIGTERM, then SIGKILL) and shut down ROS here.
 
         The node is signalled first and this process's ROS side is shut down while it
-        exits, so that a replay stopped by Ctrl-C returns within 2 s.
+        exits. ``quick`` (a replay stopped by Ctrl-C, which must return within 2 s): the
+        node gets :data:`QUICK_GRACE_S` to exit, then is killed; every label map it sent is
+        already in, and its log is a file it wrote as it went.
         """
         if self._closed:
             return
@@ -278,7 +282,9 @@ class NodeSession:
             if self._thread:
                 self._thread.join(timeout=2.0)
         if running:
-            for sig, wait in ((None, 5.0), (signal.SIGTERM, 3.0), (signal.SIGKILL, 3.0)):
+            steps = (((None, QUICK_GRACE_S), (signal.SIGKILL, 3.0)) if quick else
+                     ((None, 5.0), (signal.SIGTERM, 3.0), (signal.SIGKILL, 3.0)))
+            for sig, wait in steps:
                 if sig is not None:
                     self._signal(sig)
                 try:

@@ -401,6 +401,9 @@ def run_node(run: Run, stop: StopSignals, progress: Optional[Progress]) -> None:
     from evit_ros.eval.node_session import NodeError, NodeSession
     options = run.options
     compressed = run.msgtype == COMPRESSED
+    # Scoring a returned frame converts its image with evit_ros.runtime, whose first import
+    # (torch) takes seconds: pay it now, not while frames are in flight and Ctrl-C waits.
+    import evit_ros.runtime.image  # noqa: F401
     try:
         session = NodeSession(options.image_topic, compressed,
                               _node_parameters(options, run.network_size),
@@ -491,7 +494,7 @@ def run_node(run: Run, stop: StopSignals, progress: Optional[Progress]) -> None:
         raise ReplayError(str(exc)) from None
     finally:
         run.dropped += sum(len(entries) for entries in in_flight.values())
-        session.close()
+        session.close(quick=stop())
 
 
 def _what_the_node_ran(run: Run) -> None:
