@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import REPO, require_shared
+from conftest import official_checkpoint, REPO, require_shared
 from ros_harness import next_domain_id
 from evit_ros.cli import main
 from evit_ros.eval.bags import BagReader
@@ -33,7 +33,7 @@ NETWORK = (736, 960)
 
 @pytest.fixture(scope='session')
 def checkpoint():
-    return require_shared('weights', 'efficientvit_seg_b0_cityscapes.pt')
+    return official_checkpoint()
 
 
 @pytest.fixture(scope='session')
