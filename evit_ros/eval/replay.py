@@ -579,6 +579,7 @@ def replay(options: ReplayOptions) -> Dict[str, object]:
             run.close()
             if progress:
                 from evit_ros.eval.report import throughput
+                progress.note = _progress_note(run)  # node mode: frames back since the last
                 progress.close(*throughput(run))
     if failure is not None and run.frames == 0:
         _remove_outputs(Path(options.out), created)
