@@ -62,8 +62,9 @@ def _available(module: str) -> bool:
 
 
 def _command_in(argv: Sequence[str]) -> Optional[str]:
-    """Return the subcommand named by ``argv`` (its first word) when it is a known one."""
-    if argv and not argv[0].startswith('-') and argv[0] in COMMANDS:
+    """Return the subcommand named by ``argv`` (its first word) when it is installed."""
+    if (argv and not argv[0].startswith('-') and argv[0] in COMMANDS
+            and _available(COMMANDS[argv[0]][0])):
         return argv[0]
     return None
 
