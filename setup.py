@@ -27,7 +27,7 @@ setup(
     tests_require=['pytest'],
     entry_points={
         'console_scripts': [
-            'evit-ros = evit_ros.cli:main',
+            'evit-ros = evit_ros.cli:run',
             'segmentation_node = evit_ros.ros.segmentation_node:main',
         ],
     },

@@ -47,10 +47,31 @@ def shared():
     return require_shared()
 
 
+# The user's own weights, read before the tests isolate the cache (see evit_ros.weights
+# weights_dirs): EVIT_ROS_WEIGHTS_DIR, then $EVIT_ROS_CACHE/weights or ~/.cache/evit_ros.
+USER_WEIGHT_DIRS = [Path(d).expanduser() for d in (
+    os.environ.get('EVIT_ROS_WEIGHTS_DIR'),
+    os.path.join(os.environ.get('EVIT_ROS_CACHE') or os.path.join('~', '.cache', 'evit_ros'),
+                 'weights')) if d]
+B0_CHECKPOINT = 'efficientvit_seg_b0_cityscapes.pt'
+
+
+def official_checkpoint() -> Path:
+    """Return the official B0 checkpoint: ../shared's, else the user's; skip when absent."""
+    for folder in [shared_dir() / 'weights'] + USER_WEIGHT_DIRS:
+        if (folder / B0_CHECKPOINT).is_file():
+            return (folder / B0_CHECKPOINT).absolute()
+    pytest.skip(f'needs {B0_CHECKPOINT} in {shared_dir() / "weights"}, $EVIT_ROS_WEIGHTS_DIR '
+                f'or the weight cache (evit-ros weights fetch|import b0-cityscapes)')
+
+
 @pytest.fixture
 def official_weights(monkeypatch):
-    """Point EVIT_ROS_WEIGHTS_DIR at the shared official checkpoints; skip when absent."""
-    folder = require_shared('weights', 'efficientvit_seg_b0_cityscapes.pt').parent
+    """Point EVIT_ROS_WEIGHTS_DIR at a folder with the official B0 checkpoint; skip if none.
+
+    The shared folder's, else the user's EVIT_ROS_WEIGHTS_DIR or weight cache.
+    """
+    folder = official_checkpoint().parent
     monkeypatch.setenv('EVIT_ROS_WEIGHTS_DIR', str(folder))
     return folder
 

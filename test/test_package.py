@@ -68,3 +68,27 @@ def test_pip_install_into_plain_prefix(tmp_path):
     for module in ('model', 'runtime', 'ros', 'eval', 'cli'):
         assert (target / 'evit_ros' / module / '__init__.py').is_file()
     assert (target / 'bin' / 'segmentation_node').is_file()
+
+
+# System-dependency keys of ros/rosdistro rosdep/python.yaml (commit 000730dc, 2025) that
+# package.xml may name; ROS packages (rclpy, sensor_msgs, ament_*) resolve by package name.
+ROSDEP_PYTHON_KEYS = {'python3-numpy', 'python3-yaml', 'python3-opencv', 'python3-matplotlib',
+                      'python3-onnxruntime-pip', 'python3-pytest', 'python3-hypothesis'}
+# Looked up there and absent (or retired): naming one breaks `rosdep install`.
+NOT_ROSDEP_KEYS = {'python3-torch', 'python3-torch-pip', 'python3-pytorch-pip',
+                   'python3-onnx', 'python3-onnx-pip', 'python3-rosbags',
+                   'python3-rosbags-pip'}
+
+
+def test_package_xml_names_only_real_rosdep_keys():
+    root = ElementTree.parse(REPO / 'package.xml').getroot()
+    keys = {e.text for tag in ('depend', 'exec_depend', 'build_depend', 'test_depend')
+            for e in root.iter(tag)}
+    system = {k for k in keys if k.startswith('python3-')}
+    assert system <= ROSDEP_PYTHON_KEYS, system - ROSDEP_PYTHON_KEYS
+    assert not keys & NOT_ROSDEP_KEYS
+    # The PyPI-only dependencies are named in a comment instead.
+    text = (REPO / 'package.xml').read_text()
+    assert 'No rosdep key exists for torch' in text
+    for name in ('onnx', 'rosbags', 'requirements.txt'):
+        assert name in text

@@ -6,6 +6,7 @@ at 736x960 (the published protocol) and through a real ``segmentation_node`` pro
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -16,7 +17,8 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import REPO, require_shared
+from conftest import official_checkpoint, REPO, require_shared
+from ros_harness import next_domain_id
 from evit_ros.cli import main
 from evit_ros.eval.bags import BagReader
 from evit_ros.eval.labels import MAPPINGS
@@ -31,7 +33,7 @@ NETWORK = (736, 960)
 
 @pytest.fixture(scope='session')
 def checkpoint():
-    return require_shared('weights', 'efficientvit_seg_b0_cityscapes.pt')
+    return official_checkpoint()
 
 
 @pytest.fixture(scope='session')
@@ -62,7 +64,7 @@ def label_maps(bag, topic=LABEL_MAP_TOPIC):
 
 @pytest.fixture
 def ros_env(monkeypatch):
-    monkeypatch.setenv('ROS_DOMAIN_ID', '64')
+    monkeypatch.setenv('ROS_DOMAIN_ID', str(next_domain_id()))
     monkeypatch.setenv('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
 
 
@@ -163,12 +165,17 @@ def test_signal_writes_a_partial_report(camvid_bag, checkpoint, tmp_path, sig, c
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == code, stderr.decode()
-    # Stops within 2 s of the signal, partial report, plots and bag written.
+    # Stops within 2 s of the signal, partial report and bag written, no plots.
     assert stopped_after < 2.0, f'replay took {stopped_after:.2f} s to stop'
     assert f'interrupted by {sig.name}: partial report' in stderr.decode()
     report = json.loads((out / 'report.json').read_text())
     assert report['interrupted'] == sig.name
     assert 0 < report['frames'] < 101
+    # It lists only what it wrote: no plot files, none named.
+    assert report['outputs']['plots'] == []
+    assert not any(out.glob('*.png'))
+    assert 'plots:      none (the run was interrupted)' in stdout.decode()
+    assert '.png' not in (out / 'report.md').read_text()
     # The label-map bag was closed properly and holds every frame scored.
     assert len(label_maps(out / 'labels')) == report['frames_scored'] == report['frames']
 
@@ -259,3 +266,147 @@ def test_node_mode_forwards_compressed_images(checkpoint, tmp_path, ros_env):
     for stamp, frame in node_maps.items():
         assert np.array_equal(frame.image, offline_maps[stamp].image)
     assert reports['node']['miou'] == reports['offline']['miou']
+
+
+def _numbers_are_numbers(value, where='report'):
+    """Fail on a number stored as a string anywhere in a report (e.g. ``"0"``)."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _numbers_are_numbers(item, f'{where}.{key}')
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _numbers_are_numbers(item, f'{where}[{i}]')
+    elif isinstance(value, str):
+        assert not re.fullmatch(r'-?\d+(\.\d*)?(e-?\d+)?|nan|inf', value.strip().lower()), (
+            f'{where} is the string {value!r}, not a number')
+
+
+def _final_progress_rate(stderr: str) -> str:
+    lines = [line for line in re.split(r'[\r\n]', stderr) if line.startswith('replay [')]
+    assert lines, stderr
+    return re.search(r' ([\d.]+)/s ', lines[-1]).group(1)
+
+
+def test_node_mode_from_a_folder_holding_an_evit_ros_folder(camvid_bag, checkpoint, tmp_path,
+                                                            ros_env):
+    """Run from the clone's parent folder: its ``evit_ros`` folder must not shadow the package.
+
+    Defaults as a user gets them: backend ``auto``; the output says what ran.
+    """
+    cwd = tmp_path / 'parent'
+    (cwd / 'evit_ros').mkdir(parents=True)
+    (cwd / 'evit_ros' / '__init__.py').write_text(
+        "raise ImportError('the evit_ros folder of the current directory was imported')\n")
+    out = tmp_path / 'node'
+    result = subprocess.run(
+        [os.path.join(os.path.dirname(sys.executable), 'evit-ros'), 'replay', str(camvid_bag),
+         '--image-topic', TOPIC, '--weights', str(checkpoint), '--network-size', '96x128',
+         '--mode', 'node', '--lockstep', '--max-frames', '3', '--out', str(out)],
+        capture_output=True, text=True, cwd=cwd, timeout=600)
+    assert result.returncode == 0, result.stderr + (out / 'node.log').read_text()
+    report = json.loads((out / 'report.json').read_text())
+    assert (report['frames'], report['frames_scored'], report['dropped']) == (3, 3, 0)
+    # What ran, read from the node, never the "auto" that was asked for.
+    assert report['backend'] in ('tensorrt', 'onnxruntime', 'torch')
+    assert (report['device'], report['precision']) == ('cpu', 'fp32')
+    assert (f"node replay of 3 frames: b0-cityscapes on {report['backend']}/cpu fp32, "
+            f"network 96x128") in result.stdout
+    # Numbers are numbers; the node's own drop count is an int.
+    _numbers_are_numbers(report)
+    assert report['node_frames_dropped'] == 0 and type(report['node_frames_dropped']) is int
+    # frames.csv: a latency for every frame, the one node mode measures.
+    rows = (out / 'frames.csv').read_text().splitlines()
+    header = rows[0].split(',')
+    assert len(rows) == 4
+    for row in rows[1:]:
+        cells = dict(zip(header, row.split(',')))
+        assert float(cells['latency_ms']) == float(cells['pipeline_latency_ms']) > 0
+    # The progress bar ends on the report's throughput.
+    assert _final_progress_rate(result.stderr) == f"{report['throughput_fps']:.1f}"
+    assert f"throughput {report['throughput_fps']:.2f} frames/s" in result.stdout
+
+
+@pytest.mark.parametrize('sig,code', [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_node_mode_stops_within_two_seconds(camvid_bag, checkpoint, tmp_path, ros_env, sig,
+                                            code):
+    out = tmp_path / 'out'
+    proc = subprocess.Popen(
+        [os.path.join(os.path.dirname(sys.executable), 'evit-ros'), 'replay', str(camvid_bag),
+         '--image-topic', TOPIC, '--weights', str(checkpoint), '--network-size', '96x128',
+         '--backend', 'torch', '--mode', 'node', '--rate', '4', '--out', str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 300
+        log = out / 'node.log'
+        while not (log.exists() and 'listening on' in log.read_text()):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+            time.sleep(0.1)
+        time.sleep(3.0)  # frames flowing
+        proc.send_signal(sig)
+        signalled = time.monotonic()
+        while proc.poll() is None and time.monotonic() - signalled < 60:
+            time.sleep(0.02)
+        stopped_after = time.monotonic() - signalled
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == code, stderr.decode()
+    assert stopped_after < 2.0, f'replay took {stopped_after:.2f} s to stop'
+    report = json.loads((out / 'report.json').read_text())
+    assert report['interrupted'] == sig.name and 0 < report['frames'] < 101
+    assert report['outputs']['plots'] == [] and not any(out.glob('*.png'))
+    assert len(label_maps(out / 'labels')) == report['frames_scored']
+
+
+def test_network_size_follows_the_camera():
+    from evit_ros.eval.replay import network_size_for
+    assert network_size_for((1024, 2048), (1024, 2048)) == (1024, 2048)
+    assert network_size_for((1024, 2048), (512, 1024)) == (1024, 2048)
+    assert network_size_for((1024, 2048), (360, 480)) == (1248, 1664)     # 4:3, not 2:1
+    assert network_size_for((1024, 2048), (720, 1280)) == (1088, 1920)    # 16:9
+    assert network_size_for((512, 512), (480, 640)) == (448, 576)
+    for frame in [(360, 480), (720, 1280), (1080, 1920), (480, 640), (100, 3000)]:
+        height, width = network_size_for((1024, 2048), frame)
+        assert height % 32 == 0 and width % 32 == 0
+        assert abs(height / width - frame[0] / frame[1]) < 0.05 * frame[0] / frame[1] + 0.02
+
+
+def test_offline_default_network_size_fits_the_camera(camvid_bag, checkpoint, tmp_path):
+    """No --network-size: CamVid's 360x480 frames are not stretched to the model's 2:1."""
+    report = replay(ReplayOptions(camvid_bag, TOPIC, tmp_path / 'out', weights=str(checkpoint),
+                                  max_frames=1, progress=False))
+    assert report['network_size'] == [1248, 1664]
+    assert report['network_size_source'].startswith(
+        "chosen for 360x480 frames: their aspect ratio at about the pixel count of "
+        "b0-cityscapes's default 1024x2048")
+    maps = label_maps(tmp_path / 'out' / 'labels')
+    assert [f.image.shape for f in maps.values()] == [(360, 480)]
+    from evit_ros.cli.bags import summary
+    assert 'network size 1248x1664 chosen for 360x480 frames' in summary(report)
+
+
+def test_samples_have_a_class_legend(camvid_bag, tmp_path):
+    from evit_ros.eval.plots import legend_classes, plot_samples
+    from evit_ros.eval.scoring import Sample, Scorer
+    from evit_ros.model import get_entry
+    mapping = MAPPINGS['camvid']
+    names = list(mapping.classes(()))
+    truths = label_maps(camvid_bag, TOPIC + '/label_gt')
+    inputs = label_maps(camvid_bag, TOPIC)
+    stamps = sorted(inputs)[:2]
+    # Real CamVid labels stand in for both rows; the legend only reads their classes.
+    samples = [Sample(i, inputs[s].image, mapping.ground_truth(truths[s].image),
+                      mapping.ground_truth(truths[s].image)) for i, s in enumerate(stamps)]
+    palette = Scorer(mapping, names, get_entry('b0-cityscapes').palette).palette()
+    shown = plot_samples(tmp_path / 'samples.png', samples, palette, class_names=names)
+    present = sorted({int(v) for s in samples for v in np.unique(s.ground_truth)
+                      if v < len(names)})
+    assert legend_classes(samples, names) == present and len(present) >= 5
+    assert shown == [names[i] for i in present]
+    # The legend sits below the strip, one colour patch per class.
+    image = cv2.cvtColor(cv2.imread(str(tmp_path / 'samples.png')), cv2.COLOR_BGR2RGB)
+    bottom = image[int(image.shape[0] * 0.85):].reshape(-1, 3)
+    for i in present:
+        assert (np.abs(bottom.astype(int) - palette[i]).sum(axis=1) <= 3).any(), names[i]
+    assert plot_samples(tmp_path / 'plain.png', samples, palette) == []

@@ -9,12 +9,18 @@ from pathlib import Path
 from typing import Optional, Tuple
 
 from evit_ros.cli import CommandError
-from evit_ros.eval.bags import BagError, STORAGES
 from evit_ros.eval.labels import MAPPINGS
-from evit_ros.eval.make_bag import ENCODINGS
-from evit_ros.eval.mapping_file import MappingError
-from evit_ros.eval.replay import MODES
 from evit_ros.model.registry import MODELS
+
+# The choices of evit_ros.eval (bags.STORAGES, make_bag.ENCODINGS, replay.MODES), named
+# here because those modules import OpenCV, which --help must not wait for (a test checks
+# that they agree).
+STORAGES = ('mcap', 'sqlite3')
+ENCODINGS = ('rgb8', 'bgr8', 'jpeg', 'png')
+COMPRESSED_ENCODINGS = ('jpeg', 'png')
+MODES = ('offline', 'node')
+#: What every command that runs a model uses unless told otherwise (as the node does).
+DEFAULT_BACKEND = 'auto'
 
 DEMO_MODEL = 'b0-cityscapes'
 DEMO_TOPIC = '/camera/image'
@@ -42,7 +48,8 @@ def register(subparsers) -> None:
     make = subparsers.add_parser(
         'make-bag', help='build a rosbag2 bag from an image folder (and labels)',
         description='Write images as sensor_msgs/Image (rgb8/bgr8) or, with jpeg/png, as '
-                    'sensor_msgs/CompressedImage on TOPIC (name it .../compressed then); '
+                    'sensor_msgs/CompressedImage on TOPIC (which must then end in '
+                    '/compressed, as image_transport names it); '
                     'label images go losslessly on <TOPIC without /compressed>/label_gt as '
                     'mono8 with the same header. Labels pair with images by file name: the '
                     'same stem (CamVid, ADE20K) or Cityscapes <x>_leftImg8bit -> '
@@ -108,8 +115,7 @@ def register(subparsers) -> None:
     demo.add_argument('--labels', help='with --images: label folder')
     demo.add_argument('--label-format', choices=tuple(MAPPINGS), help='with --labels')
     demo.add_argument('--model', default=DEMO_MODEL, help=f'model ({DEMO_MODEL})')
-    demo.add_argument('--backend', default='auto',
-                      help='inference backend (auto: the fastest that runs here)')
+    _backend_argument(demo)
     demo.add_argument('--network-size', type=network_size,
                       help=f'network input HxW ({CAMVID_NETWORK} for CamVid, else '
                            f'{DEMO_NETWORK})')
@@ -144,14 +150,22 @@ def _model_arguments(parser) -> None:
     parser.add_argument('--weights', default='official',
                         help='"official" (default: EVIT_ROS_WEIGHTS_DIR or the cache) or a '
                              'checkpoint path')
-    parser.add_argument('--backend', default='torch', help='inference backend (torch)')
+    _backend_argument(parser)
     parser.add_argument('--device', default='cpu', help='cpu or cuda[:N]')
     parser.add_argument('--precision', default='fp32', help='fp32 (fp16 on CUDA)')
     parser.add_argument('--engine', metavar='PATH',
                         help='prebuilt TensorRT engine (evit-ros build-engine) or ONNX '
                              'artifact (.onnx) to run as it is, no build or calibration')
     parser.add_argument('--network-size', type=network_size,
-                        help="network input HxW, multiples of 32 (default the model's)")
+                        help="network input HxW, multiples of 32 (default: the camera's "
+                             "aspect ratio at about the model default's pixel count, e.g. "
+                             "1248x1664 for 360x480 frames; said in the output)")
+
+
+def _backend_argument(parser) -> None:
+    parser.add_argument('--backend', default=DEFAULT_BACKEND,
+                        help='auto (default: the fastest available, as the node picks), '
+                             'tensorrt, onnxruntime or torch; the output says which ran')
 
 
 def _positive(value: Optional[float], name: str) -> None:
@@ -159,7 +173,27 @@ def _positive(value: Optional[float], name: str) -> None:
         raise CommandError(f'{name} must be positive, got {value:g}')
 
 
+def _check_transport_name(topic: str, encoding: str) -> None:
+    """Refuse a topic that image_transport would not give this kind of message.
+
+    image_transport publishes ``sensor_msgs/CompressedImage`` on ``<image topic>/compressed``
+    and subscribers (``segmentation_node`` with ``input_transport: compressed``, rviz) look
+    for it there; raw images never carry that suffix.
+    """
+    base = topic.rstrip('/')
+    named_compressed = base.endswith('/compressed')
+    if encoding in COMPRESSED_ENCODINGS and not named_compressed:
+        raise CommandError(f'--encoding {encoding} writes sensor_msgs/CompressedImage, which '
+                           f'image_transport names <image topic>/compressed: use --topic '
+                           f'{base}/compressed')
+    if encoding not in COMPRESSED_ENCODINGS and named_compressed:
+        raise CommandError(f'--encoding {encoding} writes raw sensor_msgs/Image, but {topic} '
+                           f'is the name of a compressed stream: use --topic '
+                           f'{base[:-len("/compressed")] or "/image"} or --encoding jpeg|png')
+
+
 def _make_bag(args: argparse.Namespace) -> int:
+    from evit_ros.eval.bags import BagError
     from evit_ros.eval.make_bag import make_bag
     from evit_ros.eval.progress import Progress
     if args.labels and not args.label_format:
@@ -167,6 +201,7 @@ def _make_bag(args: argparse.Namespace) -> int:
                            f'{", ".join(MAPPINGS)}) so replay reads the values right')
     _positive(args.rate, '--rate')
     _positive(args.max_frames, '--max-frames')
+    _check_transport_name(args.topic, args.encoding)
     if Path(args.output).exists():
         raise CommandError(f'{args.output} exists; choose another -o (bags are never '
                            f'overwritten)')
@@ -204,6 +239,8 @@ def _options(args: argparse.Namespace, **overrides):
 
 
 def _run_replay(options) -> dict:
+    from evit_ros.eval.bags import BagError
+    from evit_ros.eval.mapping_file import MappingError
     from evit_ros.eval.replay import replay, ReplayError
     try:
         return replay(options)
@@ -233,7 +270,11 @@ def summary(report: dict) -> str:
     size = report['network_size']
     lines = [f"{report['mode']} replay of {report['frames']} frames: {report['model']} on "
              f"{report['backend']}/{report['device']} {report['precision']}, network "
-             f"{size[0]}x{size[1]}", '']
+             f"{size[0]}x{size[1]}"]
+    source = report.get('network_size_source', 'given')
+    if source != 'given':
+        lines.append(f'network size {size[0]}x{size[1]} {source}')
+    lines.append('')
     header = ['latency (ms)', 'p50', 'p90', 'p99', 'max', 'mean']
     rows = latency_rows(report)
     widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
@@ -251,7 +292,7 @@ def summary(report: dict) -> str:
     outputs = report['outputs']
     out = Path(outputs['report_md']).parent
     lines += ['', f'report:     {out / "report.json"}, {outputs["report_md"]}',
-              f'plots:      {", ".join(outputs["plots"])}',
+              f'plots:      {", ".join(outputs["plots"]) or "none (the run was interrupted)"}',
               f'label maps: {outputs["label_bag"]} (topic {outputs["label_topic"]})']
     if report.get('errors'):
         lines.append(f"problems:   {len(report['errors'])} (see report.md), first: "
@@ -327,6 +368,7 @@ def demo_source(args: argparse.Namespace) -> DemoSource:
 
 def _demo_bag(args: argparse.Namespace, source: DemoSource, out: Path) -> Tuple[Path, str]:
     """Return (bag, topic) to replay: the user's bag, or one made in ``out/input_bag``."""
+    from evit_ros.eval.bags import BagError
     from evit_ros.eval.make_bag import make_bag, write_bag
     from evit_ros.eval import sample
     if source.kind == 'bag':

@@ -41,8 +41,9 @@ def register(subparsers) -> None:
                     'library versions. Other processes on the CPU slow it down: compare '
                     'pipelines side by side in one run (bench/cpu_speed.py does).')
     _model_args(bench)
-    bench.add_argument('--backend', choices=BACKENDS, default='torch',
-                       help='inference backend (default torch)')
+    bench.add_argument('--backend', choices=BACKENDS, default='auto',
+                       help='inference backend (default auto: the fastest available, as the '
+                            'node picks; the output says which ran)')
     bench.add_argument('--precision', choices=PRECISIONS, default='fp32',
                        help='precision (fp16/int8: tensorrt; fp16/bf16: torch)')
     bench.add_argument('--device', default='cpu', help='cpu, cuda or cuda:N')
@@ -133,6 +134,12 @@ def _bench(args) -> int:
     if args.runs < 1 or args.warmup < 0:
         raise CommandError('--runs must be >= 1 and --warmup >= 0')
     image = _read_rgb(args.image) if args.image else synthetic_frame()
+    chosen = ''
+    if args.image and not (args.height or args.width):
+        from evit_ros.eval.replay import network_size_for
+        size = network_size_for(entry.input_size, image.shape[:2])
+        chosen = (f' (chosen for the image: its aspect ratio at about the pixel count of '
+                  f'{entry.input_size[0]}x{entry.input_size[1]}; --height/--width set another)')
     log_runtime_to_stderr()
     options = {}
     if args.threads:
@@ -149,17 +156,19 @@ def _bench(args) -> int:
         raise CommandError(str(exc).splitlines()[0]) from None
     latency = time_calls(lambda: segmenter.segment(image), args.runs, args.warmup,
                          phases=lambda: segmenter_phases(segmenter))
+    from evit_ros.eval.replay import running_on
+    backend, device, precision = running_on(segmenter)
     result = {
         'model': entry.name, 'weights': 'random' if weights is None else str(weights),
-        'backend': segmenter.backend_name, 'device': args.device,
-        'precision': args.precision, 'postprocess': segmenter.postprocess,
+        'backend': backend, 'device': device,
+        'precision': precision, 'postprocess': segmenter.postprocess,
         'threads': args.threads, 'input_size': list(size),
         'image_size': list(image.shape[:2]), 'image': args.image or 'synthetic',
         'latency': latency.as_dict(), 'machine': machine(), 'versions': library_versions(),
         'command': 'evit-ros ' + ' '.join(sys.argv[1:]),
     }
     phases = '  '.join(f'{k} {v:.1f}' for k, v in latency.phases_ms.items())
-    print(f'{entry.name} {size[0]}x{size[1]} on {segmenter.backend_name} {args.precision} '
+    print(f'{entry.name} {size[0]}x{size[1]}{chosen} on {backend}/{device} {precision} '
           f'({segmenter.postprocess} post), image {image.shape[1]}x{image.shape[0]}:')
     print(f'  segment(): {latency.summary()}')
     print(f'  phases (median ms): {phases}')

@@ -4,12 +4,12 @@ import argparse
 import sys
 from typing import List, Optional
 
-from evit_ros import weights
 from evit_ros.cli import CommandError
-from evit_ros.model.checkpoint import CheckpointError
 from evit_ros.model.registry import get_entry, ModelEntry, MODELS, UnknownModelError
 
 ALL = 'all'
+# Named here (not read from evit_ros.weights) so that --help does not import torch.
+URL_ENV = 'EVIT_ROS_WEIGHTS_URL'
 
 
 def register(subparsers) -> None:
@@ -18,7 +18,7 @@ def register(subparsers) -> None:
         'weights', help='fetch, import and list official checkpoints',
         description='Official checkpoints live in $EVIT_ROS_WEIGHTS_DIR (searched first) or '
                     'in the cache $EVIT_ROS_CACHE/weights (default ~/.cache/evit_ros). '
-                    f'${weights.URL_ENV} replaces the download base URL.')
+                    f'${URL_ENV} replaces the download base URL.')
     actions = parser.add_subparsers(dest='action', metavar='ACTION')
     parser.set_defaults(func=lambda args: _usage(parser))
 
@@ -86,7 +86,8 @@ class _Progress:
             print(file=sys.stderr)
 
 
-def _describe(installed: weights.Installed) -> str:
+def _describe(installed) -> str:
+    from evit_ros import weights
     if installed.recorded:
         check = 'recorded now (trust on first use)'
     else:
@@ -100,7 +101,9 @@ def _describe(installed: weights.Installed) -> str:
             f'({installed.size / 1e6:.1f} MB, sha256 {installed.sha256} {check})')
 
 
-def _fetch_one(entry: ModelEntry, force: bool) -> weights.Installed:
+def _fetch_one(entry: ModelEntry, force: bool):
+    from evit_ros import weights
+    from evit_ros.model.checkpoint import CheckpointError
     progress = _Progress(entry.checkpoint_file)
     try:
         return weights.fetch(entry, force=force, notify=_notify, progress=progress)
@@ -128,6 +131,8 @@ def _fetch(args: argparse.Namespace) -> int:
 
 
 def _import(args: argparse.Namespace) -> int:
+    from evit_ros import weights
+    from evit_ros.model.checkpoint import CheckpointError
     entry = _entry(args.model)
     try:
         installed = weights.import_file(entry, args.file, notify=_notify)
@@ -138,6 +143,7 @@ def _import(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
+    from evit_ros import weights
     rows = [('MODEL', 'WHERE', 'SIZE', 'SHA256', 'PATH')]
     for entry in MODELS.values():
         status = weights.weights_status(entry, check=not args.no_check)

@@ -20,9 +20,12 @@ import numpy as np
 from evit_ros.eval.bags import Frame, image_from_raw, ns_to_stamp, stamp_to_ns
 
 NODE_NAME = 'segmentation_node'
+NODE_MODULE = 'evit_ros.ros.segmentation_node'
 LABEL_TOPIC = f'/{NODE_NAME}/label_map'
 DIAGNOSTICS_TOPIC = '/diagnostics'
 PROFILE_VARIABLES = ('FASTDDS_DEFAULT_PROFILES_FILE', 'FASTRTPS_DEFAULT_PROFILES_FILE')
+#: Seconds a node stopped by an interrupted replay gets to exit before it is killed.
+QUICK_GRACE_S = 1.0
 
 
 class NodeError(RuntimeError):
@@ -46,6 +49,26 @@ def _parent_death_signal():
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
+
+
+# Before Python 3.11 (no -P): run the node's main() after dropping the entries that stand
+# for the current folder, which ``-c`` puts first on sys.path.
+_MAIN_WITHOUT_CWD = ('import sys; sys.path[:] = [p for p in sys.path if p not in ("", ".")]; '
+                     f'from {NODE_MODULE} import main; sys.exit(main())')
+
+
+def node_command() -> List[str]:
+    """Return the argv prefix that starts ``segmentation_node`` with this interpreter.
+
+    ``python -m`` would put the current folder first on ``sys.path``, so a folder named
+    ``evit_ros`` there (a clone, seen from its parent folder) would shadow the installed
+    package. ``-P`` (Python 3.11+) leaves it out; the ROS wheels' start-up hook re-executes
+    with the same flags (``sys.orig_argv``), so it holds after that too. The interpreter is
+    this one, so the node gets the same venv, PYTHONPATH and ROS libraries.
+    """
+    if sys.version_info >= (3, 11):
+        return [sys.executable, '-P', '-m', NODE_MODULE]
+    return [sys.executable, '-c', _MAIN_WITHOUT_CWD]
 
 
 def large_image_environment(environ: Dict[str, str]) -> Dict[str, str]:
@@ -96,9 +119,9 @@ class NodeSession:
             raise
 
     def _start_node(self, parameters: Dict[str, object]) -> None:
-        args = [sys.executable, '-m', 'evit_ros.ros.segmentation_node', '--ros-args',
-                '-p', 'use_sim_time:=true',
-                '-p', f'input_transport:={"compressed" if self.compressed else "raw"}']
+        args = node_command() + [
+            '--ros-args', '-p', 'use_sim_time:=true',
+            '-p', f'input_transport:={"compressed" if self.compressed else "raw"}']
         for name, value in parameters.items():
             if isinstance(value, bool):
                 value = 'true' if value else 'false'
@@ -235,23 +258,20 @@ class NodeSession:
             pass
         return out
 
-    def close(self) -> None:
-        """Stop the node (SIGINT, then SIGTERM, then SIGKILL) and shut down ROS here."""
+    def close(self, quick: bool = False) -> None:
+        """Stop the node (SIGINT, then SIGTERM, then SIGKILL) and shut down ROS here.
+
+        The node is signalled first and this process's ROS side is shut down while it
+        exits. ``quick`` (a replay stopped by Ctrl-C, which must return within 2 s): the
+        node gets :data:`QUICK_GRACE_S` to exit, then is killed; every label map it sent is
+        already in, and its log is a file it wrote as it went.
+        """
         if self._closed:
             return
         self._closed = True
-        if self._proc and self._proc.poll() is None:
-            for sig, wait in ((signal.SIGINT, 5.0), (signal.SIGTERM, 3.0), (signal.SIGKILL, 3.0)):
-                try:
-                    self._proc.send_signal(sig)
-                    self._proc.wait(timeout=wait)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
-                except ProcessLookupError:
-                    break
-        if self._proc:
-            self._log.close()
+        running = self._proc is not None and self._proc.poll() is None
+        if running:
+            self._signal(signal.SIGINT)
         if self._context is not None:
             try:
                 self._executor.shutdown(timeout_sec=1.0)
@@ -261,3 +281,22 @@ class NodeSession:
                 pass
             if self._thread:
                 self._thread.join(timeout=2.0)
+        if running:
+            steps = (((None, QUICK_GRACE_S), (signal.SIGKILL, 3.0)) if quick else
+                     ((None, 5.0), (signal.SIGTERM, 3.0), (signal.SIGKILL, 3.0)))
+            for sig, wait in steps:
+                if sig is not None:
+                    self._signal(sig)
+                try:
+                    self._proc.wait(timeout=wait)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+        if self._proc:
+            self._log.close()
+
+    def _signal(self, sig: int) -> None:
+        try:
+            self._proc.send_signal(sig)
+        except ProcessLookupError:
+            pass

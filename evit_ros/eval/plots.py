@@ -1,7 +1,7 @@
 """The report's PNG plots, drawn with matplotlib's Agg backend (no display needed)."""
 
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -70,13 +70,32 @@ def plot_latency(path: Path, latencies_ms: Sequence[float], title: str) -> None:
     plt.close(fig)
 
 
-def plot_samples(path: Path, samples, palette: np.ndarray) -> None:
-    """Draw a strip of frames: input, prediction and ground truth (coloured by class)."""
+def legend_classes(samples, class_names: Sequence[str]) -> List[int]:
+    """Return the class ids seen in the samples' predictions and ground truth, in order."""
+    seen = set()
+    for sample in samples:
+        for labels in (sample.prediction, sample.ground_truth):
+            if labels is not None:
+                seen.update(int(v) for v in np.unique(labels))
+    return [i for i in sorted(seen) if i < len(class_names)]
+
+
+def plot_samples(path: Path, samples, palette: np.ndarray,
+                 class_names: Optional[Sequence[str]] = None) -> List[str]:
+    """Draw a strip of frames: input, prediction and ground truth (coloured by class).
+
+    With ``class_names``, a legend below names the colour of every class that appears.
+
+    :returns: the class names in the legend, in id order.
+    """
+    from matplotlib.patches import Patch
     plt = _pyplot()
     rows = max(1, len(samples))
     aspect = samples[0].rgb.shape[0] / samples[0].rgb.shape[1] if samples else 0.75
-    fig, axes = plt.subplots(rows, 3, figsize=(11, (11 / 3 * aspect + 0.4) * rows), dpi=100,
-                             squeeze=False)
+    shown = legend_classes(samples, class_names) if class_names else []
+    legend_rows = -(-len(shown) // 6)
+    fig, axes = plt.subplots(rows, 3, figsize=(11, (11 / 3 * aspect + 0.4) * rows
+                                               + 0.3 * legend_rows), dpi=100, squeeze=False)
     for ax in axes.ravel():
         ax.axis('off')
     for row, sample in zip(axes, samples):
@@ -91,6 +110,15 @@ def plot_samples(path: Path, samples, palette: np.ndarray) -> None:
             row[2].text(0.5, 0.5, 'no ground truth', ha='center', transform=row[2].transAxes)
     if not samples:
         axes[0][1].text(0.5, 0.5, 'no frames', ha='center', transform=axes[0][1].transAxes)
-    fig.tight_layout()
+    names = [class_names[i] for i in shown]
+    if shown:
+        handles = [Patch(facecolor=palette[i] / 255.0, edgecolor='black', linewidth=0.5,
+                         label=class_names[i]) for i in shown]
+        fig.legend(handles=handles, loc='lower center', ncol=min(6, len(handles)),
+                   fontsize=8, frameon=False)
+        fig.tight_layout(rect=(0, 0.3 * legend_rows / fig.get_figheight(), 1, 1))
+    else:
+        fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+    return names

@@ -1,12 +1,13 @@
 """A progress bar with rate and ETA on stderr for long replays.
 
 On a terminal the bar redraws in place; in a log (not a TTY) it prints a plain line every
-few seconds instead, so CI output stays readable.
+few seconds instead, so CI output stays readable. The last line is always drawn; a caller
+that reports a throughput passes it to :meth:`Progress.close` so that both agree.
 """
 
 import sys
 import time
-from typing import Optional, TextIO
+from typing import Optional, TextIO, Tuple
 
 
 def format_duration(seconds: float) -> str:
@@ -38,10 +39,28 @@ class Progress:
         self.start = time.monotonic()
         self._last = self.start
         self._drawn = False
+        self._final: Optional[Tuple[float, float]] = None
+
+    def restart(self, start: Optional[float] = None) -> None:
+        """Count time from ``start`` (``time.monotonic()``; default now), e.g. after set-up."""
+        self.start = time.monotonic() if start is None else start
+
+    def rate(self) -> float:
+        """Items per second so far (or the rate given to :meth:`close`)."""
+        if self._final is not None:
+            return self._final[0]
+        elapsed = self.elapsed()
+        return self.done / elapsed if elapsed > 0 else 0.0
+
+    def elapsed(self) -> float:
+        """Seconds since the start (or the duration given to :meth:`close`)."""
+        if self._final is not None:
+            return self._final[1]
+        return time.monotonic() - self.start
 
     def eta(self) -> Optional[float]:
         """Seconds left at the current rate, or ``None`` when it cannot be estimated."""
-        elapsed = time.monotonic() - self.start
+        elapsed = self.elapsed()
         if not self.total or not self.done:
             return None
         if self.done >= self.total:
@@ -50,8 +69,8 @@ class Progress:
 
     def text(self) -> str:
         """Return the current progress line (without the carriage return)."""
-        elapsed = time.monotonic() - self.start
-        rate = self.done / elapsed if elapsed > 0 else 0.0
+        elapsed = self.elapsed()
+        rate = self.rate()
         if self.total:
             fraction = min(1.0, self.done / self.total)
             filled = int(fraction * 24)
@@ -82,9 +101,17 @@ class Progress:
         self.stream.flush()
         self._drawn = True
 
-    def close(self) -> None:
-        """Draw the final state and end the line."""
-        if self.tty or self._drawn:
+    def close(self, rate: Optional[float] = None, elapsed: Optional[float] = None) -> None:
+        """Draw the final state and end the line.
+
+        :param rate: the final rate to show instead of items / elapsed time (a replay passes
+            its report's throughput, so the bar and the report say the same).
+        :param elapsed: the duration to show with it, in seconds.
+        """
+        if rate is not None or elapsed is not None:
+            self._final = (self.rate() if rate is None else rate,
+                           self.elapsed() if elapsed is None else elapsed)
+        if self.tty or self._drawn or self.done:
             self._draw()
             if self.tty:
                 self.stream.write('\n')

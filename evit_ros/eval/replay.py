@@ -14,6 +14,7 @@ header and bag time) to play beside the original. SIGINT and SIGTERM end the run
 with a partial report and a readable bag.
 """
 
+import math
 import signal
 import threading
 import time
@@ -39,6 +40,25 @@ OUTPUT_NAMES = ('report.json', 'report.md', 'frames.csv', 'per_class_iou.png', '
 #: Labels are matched to images by stamp; an unmatched image waits this long (bag time).
 PAIRING_WINDOW_NS = 2_000_000_000
 MAX_ERRORS_REPORTED = 20
+#: Network sides are multiples of this (the model downsamples by 32).
+SIZE_MULTIPLE = 32
+
+
+def network_size_for(default: Tuple[int, int], frame: Tuple[int, int]) -> Tuple[int, int]:
+    """Return the network ``(height, width)`` for frames of ``frame`` ``(height, width)``.
+
+    The frame's aspect ratio at about the pixel count of the model's default size, each
+    side rounded to a multiple of 32: the network costs about what the model's default
+    costs and the picture is not stretched (a 360x480 frame gets 1248x1664, not the
+    Cityscapes models' 2:1 1024x2048; a 2:1 frame gets the default itself).
+    """
+    pixels = default[0] * default[1]
+    aspect = frame[0] / frame[1]
+
+    def side(value: float) -> int:
+        return max(SIZE_MULTIPLE, int(round(value / SIZE_MULTIPLE)) * SIZE_MULTIPLE)
+
+    return side(math.sqrt(pixels * aspect)), side(math.sqrt(pixels / aspect))
 
 
 class ReplayError(Exception):
@@ -63,6 +83,7 @@ class ReplayOptions:
     precision: str = 'fp32'
     #: a prebuilt TensorRT engine / ONNX artifact run as it is (Segmenter's ``engine``).
     engine: Optional[str] = None
+    #: ``None``: :func:`network_size_for` the first frame (said in the report).
     network_size: Optional[Tuple[int, int]] = None
     mode: str = 'offline'
     rate: Optional[float] = None
@@ -240,8 +261,38 @@ class Run:
         self.finished: Optional[float] = None
         self.node_diagnostics: Dict[str, str] = {}
         self.backend_name = options.backend
+        self.device = options.device
+        self.precision = options.precision
         self.network_size = tuple(options.network_size or self.entry.input_size)
+        #: How the network size was set: ``given``, or why it was chosen.
+        self.network_size_source = 'given' if options.network_size else 'model default'
         self.segmenter = None
+
+    def first_frame_size(self) -> Optional[Tuple[int, int]]:
+        """Return ``(height, width)`` of the first readable image, or ``None``."""
+        errors = len(self.reader.errors)
+        frames = self.reader.frames(self.options.image_topic)
+        try:
+            for _, frame in frames:
+                return tuple(int(v) for v in frame.image.shape[:2])
+            return None
+        finally:
+            frames.close()
+            del self.reader.errors[errors:]  # the replay itself reports them
+
+    def choose_network_size(self) -> None:
+        """Without ``network_size``: fit the network to the camera (:func:`network_size_for`)."""
+        if self.options.network_size:
+            return
+        frame = self.first_frame_size()
+        if frame is None:
+            return
+        self.network_size = network_size_for(self.entry.input_size, frame)
+        default = self.entry.input_size
+        self.network_size_source = (
+            f'chosen for {frame[0]}x{frame[1]} frames: their aspect ratio at about the pixel '
+            f'count of {self.entry.name}\'s default {default[0]}x{default[1]}; '
+            f'--network-size sets another')
 
     def open_sink(self) -> None:
         """Create the label-map bag."""
@@ -266,8 +317,11 @@ class Run:
             self.latencies.append(latency_ms)
         if pipeline_ms is not None:
             self.pipeline.append(pipeline_ms)
+        # frames.csv's latency_ms is the per-frame latency the mode can measure: the
+        # Segmenter's call offline, publish to label map back through the node.
         self.scorer.add(frame.index, frame.stamp_ns, _rgb(frame), label_map, gt,
-                        latency_ms=latency_ms, pipeline_latency_ms=pipeline_ms)
+                        latency_ms=latency_ms if latency_ms is not None else pipeline_ms,
+                        pipeline_latency_ms=pipeline_ms)
 
     def close(self) -> None:
         """Close the label-map bag and the input bag (always leaves a readable bag)."""
@@ -283,6 +337,8 @@ def run_offline(run: Run, stop: StopSignals, progress: Optional[Progress]) -> No
     from evit_ros.runtime import ImageError
     segmenter = run.segmenter
     run.started = time.monotonic()
+    if progress:
+        progress.restart(run.started)
     for frame, gt in run.frames_in():
         if stop():
             break
@@ -298,8 +354,8 @@ def run_offline(run: Run, stop: StopSignals, progress: Optional[Progress]) -> No
     run.finished = time.monotonic()
 
 
-def make_segmenter(options: ReplayOptions):
-    """Build the offline Segmenter.
+def make_segmenter(options: ReplayOptions, network_size: Optional[Tuple[int, int]] = None):
+    """Build the offline Segmenter (at ``network_size``, default ``options.network_size``).
 
     :raises ReplayError: for missing weights, an unavailable backend or a bad network size.
     """
@@ -308,10 +364,19 @@ def make_segmenter(options: ReplayOptions):
     from evit_ros.weights import WeightsNotFound
     try:
         return Segmenter(options.model, backend=options.backend, device=options.device,
-                         input_size=options.network_size, weights=options.weights,
-                         precision=options.precision, engine=options.engine)
+                         input_size=network_size or options.network_size,
+                         weights=options.weights, precision=options.precision,
+                         engine=options.engine)
     except (WeightsNotFound, CheckpointError, BackendUnavailable, ValueError) as exc:
         raise ReplayError(str(exc)) from None
+
+
+def running_on(segmenter) -> Tuple[str, str, str]:
+    """Return ``(backend, device, precision)`` that a Segmenter actually runs."""
+    backend = segmenter.backend
+    return (segmenter.backend_name,
+            str(getattr(segmenter, 'device', getattr(backend, 'device', '?'))),
+            str(getattr(segmenter, 'precision', getattr(backend, 'precision', '?'))))
 
 
 def _progress_note(run: Run) -> str:
@@ -319,7 +384,8 @@ def _progress_note(run: Run) -> str:
     return f'mIoU {miou * 100:.1f}' if miou is not None else ''
 
 
-def _node_parameters(options: ReplayOptions) -> Dict[str, object]:
+def _node_parameters(options: ReplayOptions,
+                     network_size: Optional[Tuple[int, int]] = None) -> Dict[str, object]:
     params: Dict[str, object] = {
         'model': options.model, 'backend': options.backend, 'device': options.device,
         'precision': options.precision, 'qos_reliability': options.qos_reliability,
@@ -329,8 +395,9 @@ def _node_parameters(options: ReplayOptions) -> Dict[str, object]:
     }
     if options.weights not in (None, '', 'official'):
         params['weights'] = str(Path(options.weights).expanduser().resolve())
-    if options.network_size:
-        params['network_height'], params['network_width'] = options.network_size
+    size = network_size or options.network_size
+    if size:
+        params['network_height'], params['network_width'] = (int(v) for v in size)
     if options.engine:
         params['engine'] = str(Path(options.engine).expanduser().resolve())
     return params
@@ -341,8 +408,12 @@ def run_node(run: Run, stop: StopSignals, progress: Optional[Progress]) -> None:
     from evit_ros.eval.node_session import NodeError, NodeSession
     options = run.options
     compressed = run.msgtype == COMPRESSED
+    # Scoring a returned frame converts its image with evit_ros.runtime, whose first import
+    # (torch) takes seconds: pay it now, not while frames are in flight and Ctrl-C waits.
+    import evit_ros.runtime.image  # noqa: F401
     try:
-        session = NodeSession(options.image_topic, compressed, _node_parameters(options),
+        session = NodeSession(options.image_topic, compressed,
+                              _node_parameters(options, run.network_size),
                               Path(options.out) / 'node.log', options.qos_reliability)
     except (OSError, ImportError) as exc:
         raise ReplayError(f'cannot start segmentation_node: {exc}') from None
@@ -375,6 +446,8 @@ def run_node(run: Run, stop: StopSignals, progress: Optional[Progress]) -> None:
     try:
         session.wait_ready(options.node_start_timeout_s, stop)
         run.started = time.monotonic()
+        if progress:
+            progress.restart(run.started)
         first_bag_time = None
         for count, (frame, gt) in enumerate(run.frames_in()):
             if first_bag_time is None:
@@ -415,19 +488,28 @@ def run_node(run: Run, stop: StopSignals, progress: Optional[Progress]) -> None:
         run.finished = time.monotonic()
         run.dropped += sum(len(entries) for entries in in_flight.values())
         in_flight.clear()
-        # One more /diagnostics so the node's figures include the last frames.
+        # One more /diagnostics so the node's figures include the last frames (not when
+        # stopped by a signal: a stopped replay must exit within 2 s).
         seen = session.diagnostics_count
         deadline = time.monotonic() + 2.0
-        while session.diagnostics_count < seen + 2 and time.monotonic() < deadline:
+        while (session.diagnostics_count < seen + 2 and time.monotonic() < deadline
+               and not stop()):
             time.sleep(0.05)
         run.node_diagnostics = dict(session.diagnostics)
-        # What the node runs (auto resolved), not what was asked for.
-        run.backend_name = run.node_diagnostics.get('backend') or run.backend_name
+        _what_the_node_ran(run)
     except NodeError as exc:
         raise ReplayError(str(exc)) from None
     finally:
         run.dropped += sum(len(entries) for entries in in_flight.values())
-        session.close()
+        session.close(quick=stop())
+
+
+def _what_the_node_ran(run: Run) -> None:
+    """Take backend, device and precision from the node's /diagnostics (what ran)."""
+    diagnostics = run.node_diagnostics
+    run.backend_name = diagnostics.get('backend') or run.backend_name
+    run.device = diagnostics.get('device') or run.device
+    run.precision = diagnostics.get('precision') or run.precision
 
 
 def _typical_ms(values: List[float]) -> float:
@@ -481,9 +563,10 @@ def replay(options: ReplayOptions) -> Dict[str, object]:
     failure: Optional[ReplayError] = None
     created = not Path(options.out).exists()
     try:
+        run.choose_network_size()
         if options.mode == 'offline':
-            run.segmenter = make_segmenter(options)
-            run.backend_name = run.segmenter.backend_name
+            run.segmenter = make_segmenter(options, run.network_size)
+            run.backend_name, run.device, run.precision = running_on(run.segmenter)
             run.network_size = run.segmenter.input_size
         prepare_output(options.out, options.force)
         run.open_sink()
@@ -502,7 +585,9 @@ def replay(options: ReplayOptions) -> Dict[str, object]:
         finally:
             run.close()
             if progress:
-                progress.close()
+                from evit_ros.eval.report import throughput
+                progress.note = _progress_note(run)  # node mode: frames back since the last
+                progress.close(*throughput(run))
     if failure is not None and run.frames == 0:
         _remove_outputs(Path(options.out), created)
         raise failure

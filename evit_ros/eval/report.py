@@ -1,22 +1,30 @@
 """A replay's report: ``report.json``, ``report.md``, ``frames.csv`` and PNG plots.
 
-``report.json`` keys: ``mode``, ``model``, ``backend``, ``device``, ``precision``,
-``network_size`` ([H, W]), ``bag``, ``image_topic``, ``label_source``, ``label_format``,
-``classes``, ``frames`` (images replayed), ``frames_scored`` (with ground truth and a
-prediction), ``frames_unlabelled``, ``dropped`` (sent to the node, never returned),
-``unreadable``, ``miou`` and ``pixel_accuracy`` (fractions, 0..1, summed over the set),
+``report.json`` keys: ``mode``, ``model``, ``backend``, ``device``, ``precision`` (what
+ran, not what was asked: ``auto`` resolves to a backend), ``network_size`` ([H, W]),
+``network_size_source`` (``given``, or how it was chosen for the camera), ``bag``,
+``image_topic``, ``label_source``, ``label_format``, ``classes``, ``frames`` (images
+replayed), ``frames_scored`` (with ground truth and a prediction), ``frames_unlabelled``,
+``dropped`` (sent to the node, never returned), ``unreadable``, ``miou`` and
+``pixel_accuracy`` (fractions, 0..1, summed over the set),
 ``per_class_iou`` (class -> IoU or null when the class never appeared), ``latency_ms``
 (offline: the Segmenter's preprocess + inference + postprocess per frame; node: the node's
 own figures from ``/diagnostics``), ``pipeline_latency_ms`` (node mode: publish to label map
-received, per frame), ``throughput_fps``, ``wall_s``, ``interrupted``, ``error``, ``errors``
-and ``outputs``.
+received, per frame), ``node_frames_dropped`` (int, the node's own count), ``throughput_fps``
+(label maps back per second, first frame in to last label map out), ``wall_s``,
+``interrupted``, ``error``, ``errors`` and ``outputs`` (``plots`` lists only the plots
+written: none for an interrupted run).
+
+``frames.csv``: one row per frame that came back; ``latency_ms`` is the per-frame latency
+the mode measures (offline: the Segmenter's call; node: publish to label map back, the same
+as ``pipeline_latency_ms``).
 """
 
 import csv
 import json
 import signal
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -43,21 +51,41 @@ def _node_latency(diagnostics: Dict[str, str], series: str) -> Dict[str, Optiona
     return out
 
 
+def throughput(run) -> Tuple[float, float]:
+    """Return ``(frames per second, seconds)``: label maps that came back over the run's time.
+
+    The time runs from the first frame in to the last label map out (node start-up and
+    model loading excluded). The progress bar's final rate is this figure too.
+    """
+    returned = len(run.scorer.records)
+    wall = max(1e-9, (run.finished or run.started) - run.started)
+    return (returned / wall if returned else 0.0), wall
+
+
+def _count(value: Optional[str]) -> Optional[int]:
+    """Return an integer from the node's /diagnostics (strings there), ``None`` if absent."""
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
 def build_report(run, interrupted: Optional[int] = None,
                  error: Optional[str] = None) -> Dict[str, object]:
     """Return the report of a finished (or stopped) :class:`evit_ros.eval.replay.Run`."""
     options = run.options
     scored = run.scorer.frames_scored
     returned = len(run.scorer.records)
-    wall = max(1e-9, (run.finished or run.started) - run.started)
+    fps, wall = throughput(run)
     errors: List[str] = list(run.reader.errors) + list(run.unsupported)
     report: Dict[str, object] = {
         'mode': options.mode,
         'model': run.entry.name,
         'backend': run.backend_name,
-        'device': options.device,
-        'precision': options.precision,
+        'device': getattr(run, 'device', options.device),
+        'precision': getattr(run, 'precision', options.precision),
         'network_size': [int(v) for v in run.network_size],
+        'network_size_source': getattr(run, 'network_size_source', 'given'),
         'bag': str(options.bag),
         'image_topic': options.image_topic,
         'label_source': run.labels.description,
@@ -79,10 +107,10 @@ def build_report(run, interrupted: Optional[int] = None,
                                     "node's last 300 frames")
         report['node_latency_ms'] = _node_latency(run.node_diagnostics, 'node')
         report['pipeline_latency_ms'] = latency_summary(run.pipeline)
-        report['node_frames_dropped'] = run.node_diagnostics.get('frames_dropped')
+        report['node_frames_dropped'] = _count(run.node_diagnostics.get('frames_dropped'))
         report['rate_hz'] = options.rate
         report['lockstep'] = options.lockstep
-    report['throughput_fps'] = returned / wall if returned else 0.0
+    report['throughput_fps'] = fps
     report['wall_s'] = wall
     report['interrupted'] = signal.Signals(interrupted).name if interrupted else None
     report['error'] = error
@@ -96,7 +124,8 @@ def build_report(run, interrupted: Optional[int] = None,
         'label_topic': run.out_topic,
         'report_md': str(out / 'report.md'),
         'frames_csv': str(out / 'frames.csv'),
-        'plots': [str(out / name) for name in PLOTS],
+        # An interrupted run writes no plots (see write_report), so it lists none.
+        'plots': [] if interrupted else [str(out / name) for name in PLOTS],
     }
     return report
 
@@ -203,4 +232,5 @@ def write_report(out: Path, report: Dict[str, object], run, plots: bool = True) 
     title = ('Segmenter latency per frame' if report['mode'] == 'offline'
              else 'Pipeline latency per frame (publish to label map back)')
     plot_latency(out / 'latency.png', latencies, title)
-    plot_samples(out / 'samples.png', run.scorer.final_samples(), run.scorer.palette())
+    plot_samples(out / 'samples.png', run.scorer.final_samples(), run.scorer.palette(),
+                 class_names=run.scorer.class_names)

@@ -1,7 +1,6 @@
 """EfficientViT-Seg networks: B- and L-series backbones and the segmentation head."""
 
-from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
+from typing import Dict
 
 import torch
 from torch import nn
@@ -9,40 +8,12 @@ from torch import nn
 from evit_ros.model.blocks import (
     ConvLayer, DSConv, EfficientViTBlock, FusedMBConv, MBConv, OpSequential, ResBlock,
     Residual, Upsample)
+from evit_ros.model.config import check_input_size, INPUT_MULTIPLE, SegConfig
 
-# Logits come out at 1/8 of the input; the backbone's deepest stage is at 1/32.
+# Logits come out at 1/8 of the input.
 HEAD_STRIDE = 8
-INPUT_MULTIPLE = 32
 
-
-@dataclass(frozen=True)
-class SegConfig:
-    """Architecture of one released EfficientViT-Seg model (see the model registry)."""
-
-    series: str                      # 'b' or 'l'
-    width_list: Tuple[int, ...]
-    depth_list: Tuple[int, ...]
-    attn_dim: int
-    head_width: int
-    head_depth: int
-    head_expand: float
-    final_expand: Optional[int]
-    num_classes: int
-
-    @property
-    def act(self) -> str:
-        """Activation of the whole network: hswish (B) or tanh-GELU (L)."""
-        return 'hswish' if self.series == 'b' else 'gelu'
-
-    @property
-    def bn_eps(self) -> float:
-        """Return the BatchNorm eps: 1e-5 for B models, 1e-7 for L models (as released)."""
-        return 1e-5 if self.series == 'b' else 1e-7
-
-    @property
-    def head_in_channels(self) -> Tuple[int, int, int]:
-        """Channels of stage4, stage3, stage2, the head's three inputs."""
-        return self.width_list[-1], self.width_list[-2], self.width_list[-3]
+__all__ = ['check_input_size', 'EfficientViTSeg', 'HEAD_STRIDE', 'INPUT_MULTIPLE', 'SegConfig']
 
 
 class BackboneB(nn.Module):
@@ -171,16 +142,3 @@ class EfficientViTSeg(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input_size(x.shape[-2], x.shape[-1])
         return self.head(self.backbone(x))
-
-
-def check_input_size(height: int, width: int) -> None:
-    """Raise ``ValueError`` unless height and width are positive multiples of 32."""
-    if height <= 0 or width <= 0 or height % INPUT_MULTIPLE or width % INPUT_MULTIPLE:
-        raise ValueError(
-            f'network input {height}x{width} is not a multiple of {INPUT_MULTIPLE}: '
-            f'EfficientViT-Seg downsamples by 32; use e.g. '
-            f'{_round_up(height)}x{_round_up(width)}')
-
-
-def _round_up(n: int) -> int:
-    return max(INPUT_MULTIPLE, (n + INPUT_MULTIPLE - 1) // INPUT_MULTIPLE * INPUT_MULTIPLE)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
 from evit_ros.model.classes import DATASETS
-from evit_ros.model.efficientvit import SegConfig
+from evit_ros.model.config import SegConfig
 
 CHECKPOINT_URL = 'https://huggingface.co/han-cai/efficientvit-seg/resolve/main/{file}'
 RELEASE_PREFIX = 'efficientvit-seg-'
