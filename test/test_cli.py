@@ -18,9 +18,7 @@ from evit_ros.cli import COMMANDS
 
 CLI = Path(sys.executable).with_name('evit-ros')
 HEAVY = ('torch', 'rclpy', 'onnx', 'onnxruntime', 'cv2', 'rosbags', 'matplotlib')
-# build-engine / engines live in evit_ros/cli/engines.py, which imports the engine cache
-# (torch) at module level; they are checked once that module imports lazily too.
-LIGHT_COMMANDS = [c for c in COMMANDS if COMMANDS[c][0] != 'evit_ros.cli.engines']
+LIGHT_COMMANDS = list(COMMANDS)
 
 
 def _python(code: str, **kwargs) -> subprocess.CompletedProcess:
@@ -164,3 +162,9 @@ def test_config_finds_the_profile_in_a_non_editable_venv_install(tmp_path):
     expected = venv / 'share' / 'evit_ros' / 'config' / 'fastdds_large_images.xml'
     assert result.stdout.strip() == str(expected)
     assert expected.read_bytes() == (REPO / 'config' / 'fastdds_large_images.xml').read_bytes()
+
+
+def test_engines_command_names_the_engine_cache_variable():
+    from evit_ros.cli import engines
+    from evit_ros.runtime import engine_cache
+    assert engines.ENGINE_DIR_ENV == engine_cache.ENGINE_DIR_ENV == 'EVIT_ROS_ENGINE_DIR'

@@ -13,7 +13,8 @@ import sys
 from evit_ros.cli import CommandError, log_runtime_to_stderr
 from evit_ros.model import check_input_size
 from evit_ros.model.registry import get_entry, MODELS, UnknownModelError
-from evit_ros.runtime.engine_cache import ENGINE_DIR_ENV, EngineCache, EngineCacheError
+# The engine cache imports torch: loaded inside the commands, so --help stays fast.
+ENGINE_DIR_ENV = 'EVIT_ROS_ENGINE_DIR'
 
 PRECISIONS = ('fp32', 'fp16', 'int8')
 
@@ -125,6 +126,7 @@ def _build_engine(args) -> int:
 
 
 def _list(args) -> int:
+    from evit_ros.runtime.engine_cache import EngineCache
     cache = EngineCache(args.engine_dir)
     records = cache.records()
     if not records:
@@ -169,6 +171,7 @@ def artifact_checks(build: dict) -> tuple:
 
 
 def _clean(args) -> int:
+    from evit_ros.runtime.engine_cache import EngineCache, EngineCacheError
     cache = EngineCache(args.engine_dir)
     try:
         removed = cache.clean()
