@@ -91,6 +91,7 @@ def export_artifact(model: nn.Module, input_size, precision: str,
                     opset: int = DEFAULT_OPSET, fold: bool = True, upsample: str = 'matmul',
                     checkpoint_sha256: Optional[str] = None,
                     calibration_frames: int = DEFAULT_CALIBRATION_FRAMES,
+                    metadata: Optional[Dict[str, str]] = None,
                     progress: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:
     """Write the ``precision`` ONNX artifact of ``model`` and its sidecar; return the sidecar.
 
@@ -109,6 +110,7 @@ def export_artifact(model: nn.Module, input_size, precision: str,
     :param upsample: head upsampling, ``matmul`` or ``resize`` (see :mod:`.export`).
     :param checkpoint_sha256: sha256 of the checkpoint file the weights came from.
     :param calibration_frames: most frames read from a calibration path.
+    :param metadata: extra ``key: value`` strings stored in the graph's metadata.
     :param progress: called with a short line before each slow step.
     :returns: the sidecar (also written to ``<path>.json``).
     :raises ArtifactError: for a bad precision or calibration, a failed export, a failed
@@ -123,10 +125,14 @@ def export_artifact(model: nn.Module, input_size, precision: str,
         checks = ArtifactChecks()
     calibration = _calibration(precision, calibration, input_size, calibration_frames)
     say(f'exporting fp32 at {input_size[0]}x{input_size[1]}, checked against PyTorch')
+    sample = None
+    if checks is not False and checks.image is not None:
+        from evit_ros.runtime.preprocess import preprocess
+        sample = preprocess(np.asarray(checks.image), input_size)
     try:
         base, report = build_onnx(model, input_size, opset=opset, fold=fold,
-                                  upsample=upsample, check=checks is not False,
-                                  dynamic_batch=True)
+                                  upsample=upsample, check=checks is not False, sample=sample,
+                                  dynamic_batch=True, metadata=metadata)
     except ExportError as exc:
         raise ArtifactError(str(exc)) from None
     if precision == 'fp16':
@@ -157,7 +163,7 @@ def export_artifact(model: nn.Module, input_size, precision: str,
         _enforce(results, precision, checks.force)
     info = _sidecar(model, entry, precision, input_size, opset, recipe, results, calibration,
                     checkpoint_sha256, fold, upsample)
-    _stamp(artifact, info)
+    _stamp(artifact, info, {p.key: p.value for p in base.metadata_props})
     _write(artifact, info, Path(path))
     return info
 
@@ -368,10 +374,11 @@ def _sidecar(model, entry, precision, input_size, opset, recipe, results, calibr
     return _jsonable(info)
 
 
-def _stamp(artifact, info: Dict[str, Any]) -> None:
-    """Put the precision and recipe into the graph's own metadata too."""
-    props = {'precision': info['precision'], 'artifact_format': FORMAT,
-             'recipe': json.dumps(info['recipe'], sort_keys=True)}
+def _stamp(artifact, info: Dict[str, Any], export_props: Dict[str, str]) -> None:
+    """Put the export's metadata, the precision and the recipe into the graph's metadata."""
+    props = dict(export_props)
+    props.update({'precision': info['precision'], 'artifact_format': FORMAT,
+                  'recipe': json.dumps(info['recipe'], sort_keys=True)})
     if info['model']:
         props['model'] = info['model']
     existing = {p.key: p for p in artifact.metadata_props}
