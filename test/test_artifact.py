@@ -167,7 +167,7 @@ def test_fp16_camvid_subset_miou_within_0_3_of_fp32(fp16, camvid, fp32_scores):
         return labels_from_logits(run.run(None, {'image': preprocess(rgb, SIZE)})[0],
                                   rgb.shape[:2])
     scores = camvid.score(segment)
-    # Measured on these 8 frames: fp16 69.90, PyTorch fp32 69.86.
+    # Measured on these 8 frames: fp16 69.90, ORT fp32 69.86, agreement 99.86 %.
     assert abs(scores['miou'] - fp32_scores['miou']) <= 0.3
     agreement = np.mean([(a == b).mean() for a, b in zip(scores['label_maps'],
                                                          fp32_scores['label_maps'])])
@@ -255,7 +255,8 @@ def test_int8_camvid_subset_miou_within_1_of_fp32(int8, camvid, fp32_scores):
     scores = camvid.score(segment)
     black = preprocess(np.zeros((360, 480, 3), np.uint8), SIZE)
     assert np.isfinite(run.run(None, {'image': black})[0]).all()
-    # Measured on these 8 frames, calibrated on the 8 others: see the README table.
+    # Measured on these 8 frames, calibrated on the 7 others: int8 69.81 vs ORT fp32 69.86,
+    # agreement 99.45 %.
     assert fp32_scores['miou'] - scores['miou'] <= 1.0
     agreement = np.mean([(a == b).mean() for a, b in zip(scores['label_maps'],
                                                          fp32_scores['label_maps'])])
@@ -269,15 +270,26 @@ def test_int8_camvid_subset_miou_within_1_of_fp32(int8, camvid, fp32_scores):
 def test_an_artifact_missing_its_bound_is_refused_unless_forced(b0, tmp_path, monkeypatch):
     monkeypatch.setitem(artifact.MIN_AGREEMENT, 'fp16', 1.01)   # unreachable
     path = tmp_path / 'b0.onnx'
+    real = ArtifactChecks(image=camvid_rgb())
     with pytest.raises(ArtifactError, match=r'fp16 artifact refused: argmax agreement .* '
                                             r'< 101%; nothing written'):
-        export_artifact(b0, (128, 256), 'fp16', path, entry=ENTRY)
+        export_artifact(b0, (128, 256), 'fp16', path, entry=ENTRY, checks=real)
     assert list(tmp_path.iterdir()) == []
-    info = export_artifact(b0, (128, 256), 'fp16', path, entry=ENTRY,
-                           checks=ArtifactChecks(force=True))
+    real.force = True
+    info = export_artifact(b0, (128, 256), 'fp16', path, entry=ENTRY, checks=real)
     assert path.is_file() and not info['checks']['passed']
     assert 'written with force' in info['checks']['notes'][-1]
     assert read_artifact_info(path)['checks']['failures']
+
+
+def test_without_real_frames_agreement_is_recorded_not_enforced(b0, tmp_path):
+    """What a TensorRT build gets with ``checks=True`` and no data: finite, no verdict."""
+    info = export_artifact(b0, (128, 256), 'fp16', tmp_path / 'b0.onnx', entry=ENTRY)
+    checks = info['checks']
+    assert checks['passed'] and checks['finite'] and not checks['agreement_enforced']
+    assert set(checks['finite_inputs']) == {'black', 'synthetic'}
+    assert checks['camvid_miou'] is None and checks['frames'] == 0
+    assert any('mIoU not checked' in note for note in checks['notes'])
 
 
 def test_cli_exports_an_fp16_artifact_end_to_end(official_weights, tmp_path, capsys):

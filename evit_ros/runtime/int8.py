@@ -19,7 +19,7 @@ float run in fp32 under a strongly typed TensorRT build.
 import dataclasses
 import os
 import tempfile
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -127,11 +127,14 @@ class _Frames:
         return None
 
 
-def quantize_int8(proto, calibration, recipe: Int8Recipe = RECIPE):
+def quantize_int8(proto, calibration, recipe: Int8Recipe = RECIPE,
+                  only: Optional[Sequence[str]] = None):
     """Return ``(int8 onnx.ModelProto, recipe dict)`` for an fp32 graph.
 
     :param proto: the checked fp32 export.
     :param calibration: a :class:`~evit_ros.runtime.calibration.CalibrationData`.
+    :param recipe: which layers are quantized and how.
+    :param only: quantize just these nodes instead (sensitivity measurements).
     :raises Int8Error: when quantization fails or the result is not symmetric int8 Q/DQ.
     """
     import onnx
@@ -141,7 +144,7 @@ def quantize_int8(proto, calibration, recipe: Int8Recipe = RECIPE):
     class Reader(_Frames, CalibrationDataReader):
         pass
 
-    selected = int8_nodes(proto, recipe)
+    selected = list(only) if only is not None else int8_nodes(proto, recipe)
     if not selected:
         raise Int8Error('the recipe leaves no layer to quantize')
     with tempfile.TemporaryDirectory(prefix='evit_ros_int8_') as folder:
