@@ -329,3 +329,17 @@ def test_export_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, argv,
     assert err.startswith('evit-ros export: error: ') and message in err
     assert err.count('\n') == 1
     assert not out.exists() and not sidecar_path(out).exists()
+
+
+def test_unchecked_and_unwritable_artifacts(tmp_path):
+    model = create_model('b0-cityscapes').eval()      # random weights: structure only
+    info = export_artifact(model, (64, 128), 'fp16', tmp_path / 'm.onnx', checks=False)
+    checks = read_artifact_info(tmp_path / 'm.onnx')['checks']
+    assert checks['skipped'] and checks['passed'] is None and checks['finite'] is None
+    assert info['model'] is None and info['checkpoint_sha256'] is None
+    assert len(info['weights_sha256']) == 64
+    blocker = tmp_path / 'file'
+    blocker.write_text('not a folder')
+    with pytest.raises(ArtifactError, match='cannot write'):
+        export_artifact(model, (64, 128), 'fp32', blocker / 'm.onnx', checks=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['file', 'm.onnx', 'm.onnx.json']

@@ -153,7 +153,9 @@ def export_artifact(model: nn.Module, input_size, precision: str,
         artifact, recipe = base, {'export': 'torch.onnx.export (TorchScript, dynamo=False), '
                                             'checked against PyTorch'}
     if checks is False:
-        results = {'skipped': True, 'notes': ['no checks were run (checks=False)']}
+        results = {'skipped': True, 'passed': None, 'finite': None, 'argmax_agreement': None,
+                   'camvid_miou': None, 'fp32_camvid_miou': None, 'frames': 0,
+                   'notes': ['no checks were run (checks=False)']}
     else:
         say('checking on the CPU against the fp32 graph')
         results = check_artifact(artifact, base, precision, input_size, checks, calibration)
