@@ -8,12 +8,15 @@ real calibration frames, and Q/DQ pairs only on the inputs of the quantized conv
 placement recommends, so TensorRT can fuse conv + activation + requantize).
 
 Which layers stay float is :data:`RECIPE`, found by measurement on the official B0 at
-736x960 (``bench/precision_artifacts.py --sensitivity``): each convolution quantized alone
-against the fp32 graph on real CamVid frames. EfficientViT's depthwise convolutions lose the
-most, because the channels of their input span two orders of magnitude (max |x| from 0.2 to
-120 in one tensor) and a per-tensor int8 scale leaves the small channels a few levels; the
-attention's MatMuls and the rest of LiteMLA stay fp32 as in the fp16 artifact. Layers left
-float run in fp32 under a strongly typed TensorRT build.
+736x960 (``bench/precision_artifacts.py --sensitivity``): each convolution and MatMul
+quantized alone against the fp32 graph on real CamVid frames, then the whole recipe scored on
+the 101 CamVid val frames. The depthwise convolutions of the MBConv blocks lose the most,
+and the pointwise projections reading their outputs next: the channels of those inputs span
+two orders of magnitude in one tensor (max |x| from 0.2 to 120 on a CamVid frame), and a
+per-tensor int8 scale leaves the small channels a few levels. The convolutions at half
+resolution or more (the stem quantizes the image itself) stay float too, and the attention's
+MatMuls and the rest of LiteMLA stay fp32 as in the fp16 artifact. Layers left float run in
+fp32 under a strongly typed TensorRT build.
 """
 
 import dataclasses
