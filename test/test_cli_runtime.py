@@ -43,8 +43,9 @@ def test_export_writes_a_checked_file_and_says_so(tmp_path, image_file, capsys):
     meta = {p.key: p.value for p in proto.metadata_props}
     assert meta['model'] == 'b0-cityscapes' and meta['weights'] == 'random'
     line = capsys.readouterr().out.strip()
-    assert line.startswith(f'{out}: ') and 'input "image" 1x3x64x128 float32' in line
-    assert 'output "logits" 1x19x8x16' in line and 'argmax agreement 100.0000%' in line
+    assert line.startswith(f'{out}: fp32, ') and 'input "image" Nx3x64x128 float32' in line
+    assert 'output "logits" Nx19x8x16' in line and 'argmax agreement 100.0000%' in line
+    assert (tmp_path / 'b0.onnx.json').is_file()
 
 
 @pytest.mark.parametrize('argv, message', [

@@ -186,3 +186,21 @@ def test_matmul_upsample_equals_bicubic_interpolation():
     expected = torch.nn.functional.interpolate(x, size=(28, 36), mode='bicubic',
                                                align_corners=False)
     assert torch.allclose(up(x), expected, atol=1e-5)
+
+
+def test_dynamic_batch_export_runs_any_batch_like_pytorch():
+    model = random_model('b0-cityscapes')
+    proto, report = build_onnx(model, (64, 128), dynamic_batch=True)
+    inputs, outputs = io_of(proto)
+    assert inputs[0][2] == [0, 3, 64, 128] and outputs[0][2] == [0, 19, 8, 16]
+    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param == 'batch'
+    assert report.max_abs_diff <= 1e-3
+    x = np.concatenate([parity_inputs((64, 128))['synthetic'], parity_inputs((64, 128))[
+        'black'], np.flip(parity_inputs((64, 128))['synthetic'], -1).copy()])
+    got = run(proto, x)
+    with torch.inference_mode():
+        expected = model(torch.from_numpy(x)).numpy()
+    assert got.shape == (3, 19, 8, 16)
+    assert np.abs(got - expected).max() <= 1e-3
+    for index in range(3):      # each image of the batch as if alone
+        assert np.abs(run(proto, x[index:index + 1])[0] - got[index]).max() <= 1e-4

@@ -14,15 +14,34 @@ PRECISIONS = ('fp32', 'fp16', 'bf16', 'int8')
 def register(subparsers) -> None:
     """Add ``export`` and ``bench`` to the ``evit-ros`` parser."""
     export = subparsers.add_parser(
-        'export', help='export a model to ONNX, checked against PyTorch',
-        description='Export at a fixed size: input "image" (1x3xHxW float32, normalised RGB), '
-                    'output "logits" (1xCxH/8xW/8). The file is written only after '
-                    'onnx.checker and a comparison with PyTorch through ONNX Runtime pass '
-                    '(max |dlogit| <= 1e-3, argmax agreement >= 99.9%, finite on a black '
-                    'frame).')
+        'export', help='export a precision artifact (ONNX fp32, fp16 or int8), checked first',
+        description='Export at a fixed size: input "image" (Nx3xHxW float32, normalised RGB), '
+                    'output "logits" (NxCxH/8xW/8 float32), any batch N. fp32 is compared '
+                    'with PyTorch; fp16 (attention kept fp32) and int8 (explicit Q/DQ, '
+                    'calibrated on --calib) are compared with fp32 on the CPU: finite on a '
+                    'black and a real frame, argmax agreement, and with --check-data the '
+                    'CamVid val mIoU within 0.3 (fp16) / 1.0 (int8) of fp32. The file and '
+                    'its sidecar FILE.onnx.json are written only when the checks pass.')
     _model_args(export)
     export.add_argument('-o', '--output', required=True, metavar='FILE.onnx',
-                        help='where to write the ONNX file')
+                        help='where to write the ONNX file (and FILE.onnx.json)')
+    export.add_argument('--precision', default='fp32', metavar='{fp32,fp16,int8}',
+                        help='numerics of the graph (default fp32)')
+    export.add_argument('--calib', metavar='DIR|BAG',
+                        help='int8: folder of images or rosbag2 bag to calibrate on')
+    export.add_argument('--calib-frames', type=int, default=32, metavar='N',
+                        help='int8: most calibration frames, spread over the source '
+                             '(default 32)')
+    export.add_argument('--calib-topic', metavar='TOPIC',
+                        help="int8: the bag's image topic (default its only one)")
+    export.add_argument('--check-data', metavar='DIR',
+                        help='labelled CamVid val data (DIR/val + DIR/valannot) to check the '
+                             "artifact's mIoU against fp32 on; without it mIoU is not checked")
+    export.add_argument('--check-frames', type=int, metavar='N',
+                        help='check on N frames of --check-data spread evenly (default all)')
+    export.add_argument('--force', action='store_true',
+                        help='write the artifact even when it misses its mIoU/agreement '
+                             'bound (the sidecar records it)')
     export.add_argument('--opset', type=int, default=17, help='ONNX opset (default 17)')
     export.add_argument('--upsample', choices=('matmul', 'resize'), default='matmul',
                         help='head upsampling as constant matmuls (default: fast, and '
@@ -30,7 +49,7 @@ def register(subparsers) -> None:
     export.add_argument('--no-fold', action='store_true',
                         help='keep BatchNorm layers (default: folded into the convs)')
     export.add_argument('--image', metavar='FILE',
-                        help='also check parity on this image (e.g. a frame of your camera)')
+                        help='also check on this image (e.g. a frame of your camera)')
     export.set_defaults(func=_export)
 
     bench = subparsers.add_parser(
@@ -104,26 +123,103 @@ def _read_rgb(path: str):
 
 
 def _export(args) -> int:
-    from evit_ros.runtime.export import export_onnx, ExportError
-    from evit_ros.runtime.preprocess import preprocess
+    from evit_ros.runtime.artifact import ArtifactChecks, ArtifactError, PRECISIONS
+    if args.precision not in PRECISIONS:
+        raise CommandError(f'unknown precision {args.precision!r}; choose one of '
+                           f'{", ".join(PRECISIONS)}')
+    if args.precision != 'int8' and args.calib:
+        raise CommandError(f'--calib is for int8 only, not {args.precision}')
+    if args.precision == 'int8' and not args.calib:
+        raise CommandError('int8 needs calibration frames: pass --calib DIR|BAG (a folder of '
+                           'images or a rosbag2 bag from your camera)')
+    for flag, value in (('--calib-frames', args.calib_frames),
+                        ('--check-frames', args.check_frames)):
+        if value is not None and value < 1:
+            raise CommandError(f'{flag} must be >= 1, got {value}')
     entry, weights, size = _network(args)
+    if args.check_data and entry.dataset.lower() != 'cityscapes':
+        raise CommandError(f'--check-data scores on CamVid through the Cityscapes classes; '
+                           f'{entry.name} predicts {entry.dataset} classes')
+    checks = ArtifactChecks(labelled=_check_data(args), force=args.force,
+                            image=_read_rgb(args.image) if args.image else None)
+    calibration = _calibration(args, size)
     model = _load_model(entry, weights)
-    sample = preprocess(_read_rgb(args.image), size) if args.image else None
+    from evit_ros.runtime.artifact import export_artifact
     try:
-        report = export_onnx(model, size, args.output, opset=args.opset,
-                             fold=not args.no_fold, upsample=args.upsample, sample=sample,
-                             metadata={'model': entry.name,
-                                       'weights': 'random' if weights is None else
-                                       str(weights)})
-    except ExportError as exc:
+        info = export_artifact(
+            model, size, args.precision, args.output, calibration=calibration, entry=entry,
+            checks=checks, opset=args.opset, fold=not args.no_fold, upsample=args.upsample,
+            checkpoint_sha256=_checkpoint_sha256(entry, weights),
+            metadata={'model': entry.name,
+                      'weights': 'random' if weights is None else str(weights)},
+            progress=lambda line: print(f'  {line} ...', file=sys.stderr, flush=True))
+    except ArtifactError as exc:
         raise CommandError(str(exc)) from None
-    shape = 'x'.join(map(str, report.input_shape))
-    out = 'x'.join(map(str, report.output_shape))
-    print(f'{report.path}: {report.size_bytes / 1e6:.1f} MB, opset {report.opset}, input '
-          f'"{report.input_name}" {shape} float32, output "{report.output_name}" {out}; '
-          f'matches PyTorch: max |dlogit| {report.max_abs_diff:.2g}, argmax agreement '
-          f'{report.argmax_agreement:.4%}')
+    print(artifact_summary(args.output, info))
     return 0
+
+
+def artifact_summary(path, info) -> str:
+    """Return the lines ``evit-ros export`` prints about a written artifact."""
+    height, width = info['input_size']
+    classes = info['output']['shape'][1]
+    checks = info['checks']
+    lines = [f'{path}: {info["precision"]}, {info["size_bytes"] / 1e6:.1f} MB, opset '
+             f'{info["opset"]}, input "image" Nx3x{height}x{width} float32, output '
+             f'"logits" Nx{classes}x{height // 8}x{width // 8} float32 (N: any batch)']
+    if info['precision'] == 'fp32' and checks.get('pytorch_argmax_agreement') is not None:
+        lines.append(f'  matches PyTorch: max |dlogit| {checks["pytorch_max_abs_diff"]:.2g}, '
+                     f'argmax agreement {checks["pytorch_argmax_agreement"]:.4%}')
+    if checks.get('skipped'):
+        lines.append('  checks: none run')
+    else:
+        finite = ', '.join(checks['finite_inputs'])
+        line = (f'  checks: finite on the {finite} frames; argmax agreement with fp32 '
+                f'{checks["argmax_agreement"]:.2%} ({checks["agreement_on"]})')
+        if checks.get('camvid_miou') is not None:
+            line += (f'; CamVid mIoU {checks["camvid_miou"]:.2f} vs fp32 '
+                     f'{checks["fp32_camvid_miou"]:.2f} on {checks["frames"]} frames (bound '
+                     f'{checks["bound"]})')
+        lines.append(line + ('' if checks.get('passed', True) else ' -- FAILED, forced'))
+        for note in checks.get('notes', []):
+            lines.append(f'  note: {note}')
+    if info.get('calibration'):
+        cal = info['calibration']
+        lines.append(f'  calibrated on {cal["frames"]} frames of {cal["source"]}')
+    lines.append(f'  sidecar: {path}.json')
+    return '\n'.join(lines)
+
+
+def _check_data(args):
+    if not args.check_data:
+        return None
+    from evit_ros.eval.labelled_images import LabelledDataError, LabelledImages
+    try:
+        return LabelledImages.camvid(args.check_data, frames=args.check_frames)
+    except LabelledDataError as exc:
+        raise CommandError(str(exc)) from None
+
+
+def _calibration(args, size):
+    if not args.calib:
+        return None
+    from evit_ros.runtime.calibration import CalibrationData, CalibrationError
+    try:
+        return CalibrationData(args.calib, size, max_images=args.calib_frames,
+                               topic=args.calib_topic)
+    except CalibrationError as exc:
+        raise CommandError(str(exc)) from None
+
+
+def _checkpoint_sha256(entry, weights):
+    """Return the sha256 of the checkpoint file the weights come from (None: random)."""
+    if weights is None:
+        return None
+    from evit_ros.model.checkpoint import sha256_of
+    if str(weights) == 'official':
+        from evit_ros.weights import find_checkpoint
+        return sha256_of(str(find_checkpoint(entry)))
+    return sha256_of(str(weights))
 
 
 def _bench(args) -> int:

@@ -2,7 +2,8 @@
 
 The graph takes ``image`` (``1x3xHxW`` float32, normalised RGB as
 :func:`evit_ros.runtime.preprocess.preprocess` makes it) and returns ``logits``
-(``1xCxH/8xW/8`` float32). It is exported with the TorchScript-based exporter
+(``1xCxH/8xW/8`` float32); with ``dynamic_batch`` both take any batch ``N`` instead of 1.
+It is exported with the TorchScript-based exporter
 (``dynamo=False``): in torch 2.13 the dynamo exporter's optimiser deletes LiteMLA's
 ``+ 1e-15`` as "adding zero", which turns the attention's 0/0 into NaN. Every export is run
 through ``onnx.checker`` and ONNX Runtime and compared with the eager PyTorch model on a
@@ -30,6 +31,8 @@ from evit_ros.runtime.preprocess import MEAN, STD
 INPUT_NAME = 'image'
 OUTPUT_NAME = 'logits'
 DEFAULT_OPSET = 17
+#: name of the symbolic batch axis of a ``dynamic_batch`` export.
+BATCH_AXIS = 'batch'
 #: Parity demanded of an export: max |logit difference| and argmax agreement.
 MAX_ABS_DIFF = 1e-3
 MIN_AGREEMENT = 0.999
@@ -63,7 +66,7 @@ class ExportReport:
 def build_onnx(model: nn.Module, input_size: Tuple[int, int], opset: int = DEFAULT_OPSET,
                fold: bool = True, upsample: str = 'matmul', check: bool = True,
                sample: Optional[np.ndarray] = None,
-               metadata: Optional[Dict[str, str]] = None):
+               metadata: Optional[Dict[str, str]] = None, dynamic_batch: bool = False):
     """Export ``model`` at ``input_size`` and return ``(onnx.ModelProto, ExportReport)``.
 
     :param model: an ``EfficientViTSeg`` (or any module mapping ``1x3xHxW`` to logits).
@@ -75,6 +78,8 @@ def build_onnx(model: nn.Module, input_size: Tuple[int, int], opset: int = DEFAU
         the check itself).
     :param sample: an extra ``1x3xHxW`` normalised input to compare on (e.g. a real frame).
     :param metadata: extra ``key: value`` strings stored in the model's metadata.
+    :param dynamic_batch: give input and output a symbolic batch axis ``batch`` (any N >= 1)
+        instead of a fixed 1.
     :raises ExportError: when the export fails, the checker rejects it, or it does not
         match PyTorch.
     """
@@ -86,6 +91,7 @@ def build_onnx(model: nn.Module, input_size: Tuple[int, int], opset: int = DEFAU
     deployed = deployment_model(reference, (height, width), fold=fold, upsample=upsample)
     dummy = torch.zeros(1, 3, height, width)
     buffer = io.BytesIO()
+    axes = {INPUT_NAME: {0: BATCH_AXIS}, OUTPUT_NAME: {0: BATCH_AXIS}} if dynamic_batch else None
     try:
         with warnings.catch_warnings():
             # Shape checks in forward() are constants for a static export, as intended.
@@ -94,17 +100,20 @@ def build_onnx(model: nn.Module, input_size: Tuple[int, int], opset: int = DEFAU
             warnings.filterwarnings('ignore', category=DeprecationWarning)
             torch.onnx.export(deployed, (dummy,), buffer, input_names=[INPUT_NAME],
                               output_names=[OUTPUT_NAME], opset_version=opset,
-                              do_constant_folding=True, dynamo=False)
+                              do_constant_folding=True, dynamic_axes=axes, dynamo=False)
     except Exception as exc:  # the exporter raises many types; report them as one
         raise ExportError(f'torch.onnx.export failed at {height}x{width}: {exc}') from exc
     proto = onnx.load_from_string(buffer.getvalue())
-    # The tracer leaves the batch dim of the output symbolic; the graph is static.
+    # The tracer leaves the output's dims symbolic; only the batch may be.
     with torch.inference_mode():
         out_shape = tuple(deployed(dummy).shape)
     dims = proto.graph.output[0].type.tensor_type.shape.dim
     del dims[:]
-    for value in out_shape:
-        dims.add().dim_value = int(value)
+    for index, value in enumerate(out_shape):
+        if index == 0 and dynamic_batch:
+            dims.add().dim_param = BATCH_AXIS
+        else:
+            dims.add().dim_value = int(value)
     props = {
         'evit_ros_version': __version__,
         'input_size': f'{height}x{width}',
