@@ -94,16 +94,18 @@ def build_onnx(model: nn.Module, input_size: Tuple[int, int], opset: int = DEFAU
             warnings.filterwarnings('ignore', category=DeprecationWarning)
             torch.onnx.export(deployed, (dummy,), buffer, input_names=[INPUT_NAME],
                               output_names=[OUTPUT_NAME], opset_version=opset,
-                              do_constant_folding=True, dynamo=False)
+                              do_constant_folding=True, dynamo=False,
+                              dynamic_axes={INPUT_NAME: {0: 'batch'}, OUTPUT_NAME: {0: 'batch'}})
     except Exception as exc:  # the exporter raises many types; report them as one
         raise ExportError(f'torch.onnx.export failed at {height}x{width}: {exc}') from exc
     proto = onnx.load_from_string(buffer.getvalue())
-    # The tracer leaves the batch dim of the output symbolic; the graph is static.
+    # The batch axis is symbolic (several cameras in one run); the rest is static.
     with torch.inference_mode():
         out_shape = tuple(deployed(dummy).shape)
     dims = proto.graph.output[0].type.tensor_type.shape.dim
     del dims[:]
-    for value in out_shape:
+    dims.add().dim_param = 'batch'
+    for value in out_shape[1:]:
         dims.add().dim_value = int(value)
     props = {
         'evit_ros_version': __version__,

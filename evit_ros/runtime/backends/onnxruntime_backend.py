@@ -39,7 +39,7 @@ INT8_REFUSAL = ('onnxruntime int8 is not offered: on CPU it measured slower than
                 'far less accurate; use fp32 here, or tensorrt for int8')
 OPTIMIZATION_LEVELS = ('disable', 'basic', 'extended', 'all')
 # Part of every cache key: bump when the exported graph changes for the same inputs.
-_RECIPE = 'evit_ros onnx v1'
+_RECIPE = 'evit_ros onnx v2 (dynamic batch)'
 
 
 def cache_root() -> Path:
@@ -69,7 +69,8 @@ class OnnxRuntimeBackend(Backend):
         for fp16).
     :param threads: intra-op threads; 0 lets ONNX Runtime use one per physical core.
     :param onnx_file: run this ONNX file instead of exporting ``model``; its input must be
-        ``1x3xHxW`` float32 at ``input_size`` (or symbolic), its output ``1xCxhxw`` logits.
+        ``Nx3xHxW`` float32 (N symbolic or 1) at ``input_size`` (or symbolic), its output
+        ``NxCxhxw`` logits.
     :param optimization: graph optimisation level: disable, basic, extended or all.
     :param spin: let idle worker threads spin (lower latency on an otherwise idle
         machine, a busy core between frames on a shared one).
@@ -132,6 +133,8 @@ class OnnxRuntimeBackend(Backend):
             self.session = self._session(source, options)
         self.input_name, self.output_name, self.output_shape = self._check_io(
             getattr(getattr(model, 'cfg', None), 'num_classes', None))
+        #: whether the graph's batch axis is symbolic (one run for several images).
+        self.batched = not isinstance(self.session.get_inputs()[0].shape[0], int)
 
     # -- building ------------------------------------------------------------------------
 
@@ -235,10 +238,16 @@ class OnnxRuntimeBackend(Backend):
     # -- running -------------------------------------------------------------------------
 
     def infer(self, x: np.ndarray) -> torch.Tensor:
-        """Return fp32 logits (CPU tensor) for one ``1x3xHxW`` float32 input."""
+        """Return fp32 logits (CPU tensor) for an ``Nx3xHxW`` float32 input, N >= 1.
+
+        A graph with a fixed batch of 1 (a user's ``onnx_file``) runs the images one by one.
+        """
         x = np.ascontiguousarray(x, dtype=np.float32)
-        expected = (1, 3) + tuple(self.input_size)
-        if x.shape != expected:
-            raise ValueError(f'onnxruntime: input shape {x.shape}, expected {expected}')
+        expected = (3,) + tuple(self.input_size)
+        if x.ndim != 4 or x.shape[0] < 1 or x.shape[1:] != expected:
+            raise ValueError(f'onnxruntime: input shape {x.shape}, expected '
+                             f'(N, {", ".join(map(str, expected))})')
+        if x.shape[0] > 1 and not self.batched:
+            return torch.cat([self.infer(x[i:i + 1]) for i in range(x.shape[0])])
         logits = self.session.run([self.output_name], {self.input_name: x})[0]
         return torch.from_numpy(logits)
