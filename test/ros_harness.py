@@ -266,12 +266,12 @@ class Session:
     """A running node plus a client with publishers and subscriptions on its topics."""
 
     def __init__(self, params, tmp, weights_dir, remaps=(), image_type=None, prefix=TOPIC,
-                 image_topic=None, domain=None, image_qos=None):
+                 image_topic=None, domain=None, image_qos=None, command=None):
         from sensor_msgs.msg import Image
         self.domain = next_domain_id() if domain is None else domain
         env = ros_env(self.domain, EVIT_ROS_WEIGHTS_DIR=str(weights_dir),
                       EVIT_ROS_CACHE=str(tmp))
-        self.node = NodeProcess(params, env, remaps)
+        self.node = NodeProcess(params, env, remaps, command=command)
         self.client = RosClient(self.domain)
         self.prefix = prefix
         self.diagnostics = self.client.watch_diagnostics()

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Iterable
 
 import cv2
-import numpy as np
 
 from evit_ros.eval.labels import IGNORE, LabelMapping
 
