@@ -218,12 +218,12 @@ class OnnxRuntimeBackend(Backend):
         fixed = [d if isinstance(d, int) else None for d in shape]
         if fixed[0] not in (None, 1) or fixed[1] not in (None, 3) or \
                 fixed[2] not in (None, height) or fixed[3] not in (None, width):
-            got = 'x'.join(str(d) for d in shape)
+            got = 'x'.join(str(d) if isinstance(d, int) else 'N' for d in shape)
             hint = (f'pass input_size=({fixed[2]}, {fixed[3]})'
                     if fixed[2] and fixed[3] and fixed[:2] in ([1, 3], [None, 3])
                     else 'export it again')
             raise ValueError(f'{where} takes {got} input {image.name!r} but the network '
-                             f'size is 1x3x{height}x{width}: {hint}')
+                             f'size is Nx3x{height}x{width}: {hint}')
         names = [o.name for o in outputs]
         output = outputs[names.index('logits')] if 'logits' in names else outputs[0]
         out_shape = tuple(output.shape)
