@@ -50,8 +50,7 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.clock import Clock, ClockType
-from rclpy.exceptions import (InvalidParameterTypeException, InvalidParameterValueException,
-                              ParameterUninitializedException)
+from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.executors import ExternalShutdownException
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 from rclpy.parameter import Parameter
@@ -314,9 +313,13 @@ class SegmentationNode(LifecycleNode):
         start = time.perf_counter()
         try:
             self.segmenter.segment_batch([black] * count, ['rgb8'] * count)
-        except Exception as exc:  # noqa: B902 - any backend error means it cannot run
-            raise StartupError(f'warm-up failed on {self.segmenter.backend_name}: '
-                               f'{type(exc).__name__}: {exc}') from exc
+        except Exception as exc:  # noqa: B902 - the frames will retry (and fall back)
+            # Not fatal: a backend that fails here fails on frames too, where it is counted,
+            # reported on /diagnostics and, under backend:=auto, replaced by the next one.
+            self.get_logger().error(
+                f'warm-up failed on {self.segmenter.backend_name}: '
+                f"{' '.join(f'{type(exc).__name__}: {exc}'.split())}; frames will retry")
+            return 0.0
         return (time.perf_counter() - start) * 1e3
 
     def on_activate(self, state) -> TransitionCallbackReturn:
@@ -390,8 +393,7 @@ class SegmentationNode(LifecycleNode):
         for spec in PARAMETERS:
             try:
                 if isinstance(spec.default, tuple):
-                    self.declare_parameter(spec.name, Parameter.Type.STRING_ARRAY,
-                                           spec.descriptor())
+                    self._declare_string_array(spec)
                 else:
                     self.declare_parameter(spec.name, spec.default, spec.descriptor())
             except InvalidParameterTypeException as exc:
@@ -405,16 +407,32 @@ class SegmentationNode(LifecycleNode):
                 raise StartupError(f'invalid parameter: {reason}' if reason else
                                    f'invalid parameter {spec.name}: {exc}; allowed: '
                                    f'{spec.allowed}', EXIT_PARAMETER) from exc
-        values = {}
-        for spec in PARAMETERS:
-            try:
-                values[spec.name] = self.get_parameter(spec.name).value
-            except ParameterUninitializedException:
-                values[spec.name] = spec.default
+        values = {spec.name: self.get_parameter(spec.name).value for spec in PARAMETERS}
         try:
             return check_settings(values)
         except ParameterError as exc:
             raise StartupError(f'invalid parameter: {exc}', EXIT_PARAMETER) from exc
+
+    def _declare_string_array(self, spec) -> None:
+        """Declare a read-only string array whose default is empty.
+
+        rclpy infers no type from ``[]`` (it would declare a byte array and refuse the
+        user's strings), so declare it typed, give it ``[]`` when nobody set it, and only
+        then make it read-only.
+        """
+        descriptor = spec.descriptor()
+        descriptor.read_only = False
+        try:
+            parameter = self.declare_parameter(spec.name, Parameter.Type.STRING_ARRAY,
+                                               descriptor)
+        except InvalidParameterTypeException:
+            # A params file's `name: []` reaches rclpy as "not set": the default, then.
+            self.undeclare_parameter(spec.name) if self.has_parameter(spec.name) else None
+            parameter = self.declare_parameter(spec.name, Parameter.Type.STRING_ARRAY,
+                                               descriptor, ignore_override=True)
+        if parameter.type_ == Parameter.Type.NOT_SET:
+            self.set_parameters([Parameter(spec.name, Parameter.Type.STRING_ARRAY, [])])
+        self.set_descriptor(spec.name, spec.descriptor())
 
     def _on_set_parameters(self, parameters: List[rclpy.parameter.Parameter]):
         for parameter in parameters:
