@@ -114,5 +114,11 @@ def test_three_cameras_one_node_own_headers_no_starvation_counters_add_up(weight
             assert counters['dropped'] > 0, 'not overloaded'
         # No camera starves: round-robin gives each a fair share of the inferences.
         assert min(processed.values()) >= 0.6 * max(processed.values()), processed
+
+        # Lifecycle shutdown straight from active: every camera's input is let go.
+        assert client.change_state('active_shutdown') is True
+        assert client.get_state() == 'finalized'
+        client.wait_for(lambda: not any(p.get_subscription_count() for p in pubs.values()),
+                        TIMEOUT, 'the node to unsubscribe every camera')
     finally:
         session.close()

@@ -186,6 +186,11 @@ def build_segmenter(settings: NodeSettings):
         weights = str(Path(weights).expanduser().resolve())
     if settings.cpu_threads:
         options['threads'] = settings.cpu_threads
+    if settings.max_batch > 1 and settings.device != 'cpu' and \
+            settings.backend in ('auto', 'tensorrt'):
+        # TensorRT builds its optimization profile over batch 1..max_batch (CPU backends
+        # take any batch and have no such option).
+        options['max_batch'] = settings.max_batch
     try:
         return Segmenter(settings.model, backend=settings.backend, device=settings.device,
                          input_size=settings.network_size,
