@@ -1,9 +1,9 @@
-"""ONNX export: static shape, checked against PyTorch before anything is written.
+"""ONNX export: static image size, checked against PyTorch before anything is written.
 
-The graph takes ``image`` (``1x3xHxW`` float32, normalised RGB as
-:func:`evit_ros.runtime.preprocess.preprocess` makes it) and returns ``logits``
-(``1xCxH/8xW/8`` float32). It is exported with the TorchScript-based exporter
-(``dynamo=False``): in torch 2.13 the dynamo exporter's optimiser deletes LiteMLA's
+The graph takes ``image`` (``Nx3xHxW`` float32, normalised RGB as
+:func:`evit_ros.runtime.preprocess.preprocess` makes it; the batch axis ``N`` is symbolic,
+so several cameras run in one inference) and returns ``logits`` (``NxCxH/8xW/8``
+float32). It is exported with the TorchScript-based exporter (``dynamo=False``): in torch 2.13 the dynamo exporter's optimiser deletes LiteMLA's
 ``+ 1e-15`` as "adding zero", which turns the attention's 0/0 into NaN. Every export is run
 through ``onnx.checker`` and ONNX Runtime and compared with the eager PyTorch model on a
 synthetic image and on a black frame (where the attention denominators vanish); a graph that
