@@ -3,8 +3,9 @@
 The graph takes ``image`` (``Nx3xHxW`` float32, normalised RGB as
 :func:`evit_ros.runtime.preprocess.preprocess` makes it; the batch axis ``N`` is symbolic,
 so several cameras run in one inference) and returns ``logits`` (``NxCxH/8xW/8``
-float32). It is exported with the TorchScript-based exporter (``dynamo=False``): in torch 2.13 the dynamo exporter's optimiser deletes LiteMLA's
-``+ 1e-15`` as "adding zero", which turns the attention's 0/0 into NaN. Every export is run
+float32). It is exported with the TorchScript-based exporter (``dynamo=False``): in
+torch 2.13 the dynamo exporter's optimiser deletes LiteMLA's ``+ 1e-15`` as "adding
+zero", which turns the attention's 0/0 into NaN. Every export is run
 through ``onnx.checker`` and ONNX Runtime and compared with the eager PyTorch model on a
 synthetic image and on a black frame (where the attention denominators vanish); a graph that
 disagrees is refused, never written.
