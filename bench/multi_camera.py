@@ -7,10 +7,11 @@ Usage::
     .venv/bin/python bench/multi_camera.py --seconds 10 --rate 15
 
 Three cameras (``/front``, ``/left``, ``/right``) publish rgb8 frames of the shared
-street frame halved to 512x1024, best effort (as camera drivers), at ``--rate`` Hz each from
-this process. First one ``segmentation_node`` with ``cameras`` set to the three topics
-serves them (one model, one worker, batches of up to three frames); then three
-``segmentation_node`` processes serve one camera each. Both run the official B0 with
+street frame halved to 512x1024, best effort (as camera drivers), at ``--rate`` Hz each
+from a child process of this one (so that publishing does not slow down receiving here).
+First one ``segmentation_node`` with ``cameras`` set to the three topics serves them (one
+model, one worker, batches of up to three frames); then three ``segmentation_node``
+processes serve one camera each. Both run the official B0 with
 ``backend:=auto`` (onnxruntime on this CPU) at a 512x1024 network size and the Fast DDS
 large-image profile. For each setup, after every camera's first label map, label maps are
 counted for ``--seconds``: aggregate label maps per second, each camera's p99 pipeline
@@ -144,8 +145,11 @@ class Rig:
             time.sleep(max(0.0, tick - time.monotonic()))
 
     def close(self) -> None:
-        """Stop publishing and spinning."""
+        """Stop publishing and spinning (threads first, then the context under them)."""
         self._stop.set()
+        for thread in (self._publish, self._spin):
+            if thread.is_alive():
+                thread.join(5.0)
         self.context.try_shutdown()
 
 
@@ -221,23 +225,36 @@ def main() -> int:
     parser.add_argument('--size', default='512x1024', help='frame and network size HxW')
     parser.add_argument('--startup', type=float, default=300.0,
                         help='seconds allowed for the first label maps (export included)')
+    parser.add_argument('--cameras-domain', type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     height, width = (int(v) for v in args.size.split('x'))
     from evit_ros.ros.resources import use_large_image_profile
     profile = use_large_image_profile()
+    if args.cameras_domain is not None:          # the child: publish until terminated
+        import signal
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        cameras = Rig(args.cameras_domain, shared_frame(height, width))
+        cameras.start_cameras(args.rate)
+        stop.wait()
+        cameras.close()
+        return 0
     domain = 60 + os.getpid() % 40
     cache = os.environ.get('EVIT_ROS_CACHE') or tempfile.mkdtemp(prefix='multi_camera_')
     env = dict(os.environ, ROS_DOMAIN_ID=str(domain), ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST',
                FASTDDS_DEFAULT_PROFILES_FILE=profile, EVIT_ROS_CACHE=cache)
     os.environ.update(ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST')
     rig = Rig(domain, shared_frame(height, width))
-    rig.start_cameras(args.rate)
+    cameras = subprocess.Popen([sys.executable, __file__, '--cameras-domain', str(domain),
+                                '--rate', str(args.rate), '--size', args.size], env=env)
     results = {}
     try:
         for setup in ('one node', 'three nodes'):
             results[setup] = measure(rig, setup, env, height, width, args.seconds,
                                      args.startup)
     finally:
+        cameras.terminate()
+        cameras.wait(15)
         rig.close()
     print(f'3 cameras, {height}x{width} rgb8 at {args.rate:g} Hz each, B0 backend auto, '
           f'{args.seconds:g} s each, {os.cpu_count()} CPUs')
