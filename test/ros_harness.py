@@ -20,7 +20,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List
+from typing import Any, Callable, Dict, Iterable, List, Optional
 
 REPO = Path(__file__).resolve().parent.parent
 TOPIC = '/segmentation_node/'
@@ -99,10 +99,15 @@ class NodeProcess:
     """The node in a child process; its stdout and stderr go to a temporary file."""
 
     def __init__(self, params: Dict[str, Any], env: Dict[str, str], remaps: Iterable[str] = (),
-                 entry: str = 'console'):
+                 entry: str = 'console', command: Optional[List[str]] = None):
         self._log = tempfile.TemporaryFile(mode='w+')
-        self.proc = subprocess.Popen(node_command(entry) + ros_args(params, remaps), env=env,
-                                     stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO)
+        self.proc = subprocess.Popen((command or node_command(entry)) + ros_args(params, remaps),
+                                     env=env, stdout=self._log, stderr=subprocess.STDOUT,
+                                     cwd=REPO)
+
+    def rss_mb(self) -> float:
+        """Return the node's resident memory (VmRSS) in MiB."""
+        return proc_stats(self.proc.pid)['rss_kb'] / 1024.0
 
     def log(self) -> str:
         """Return everything the node printed so far."""
@@ -223,6 +228,20 @@ class RosClient:
                               GetParameters.Request(names=names), timeout)
         return [parameter_value_to_python(value) for value in response.values]
 
+    def change_state(self, transition: str, node: str = NODE, timeout: float = 120.0) -> bool:
+        """Ask a lifecycle node for ``transition`` (configure, activate...); return success."""
+        from lifecycle_msgs.msg import Transition
+        from lifecycle_msgs.srv import ChangeState
+        request = ChangeState.Request()
+        request.transition.id = getattr(Transition, 'TRANSITION_' + transition.upper())
+        return self._call(ChangeState, f'{node}/change_state', request, timeout).success
+
+    def get_state(self, node: str = NODE, timeout: float = 10.0) -> str:
+        """Return a lifecycle node's current state label (``unconfigured``, ``active``...)."""
+        from lifecycle_msgs.srv import GetState
+        return self._call(GetState, f'{node}/get_state', GetState.Request(),
+                          timeout).current_state.label
+
     def _call(self, srv_type, name: str, request, timeout: float):
         client = self.node.create_client(srv_type, name)
         try:
@@ -247,12 +266,12 @@ class Session:
     """A running node plus a client with publishers and subscriptions on its topics."""
 
     def __init__(self, params, tmp, weights_dir, remaps=(), image_type=None, prefix=TOPIC,
-                 image_topic=None, domain=None, image_qos=None):
+                 image_topic=None, domain=None, image_qos=None, command=None):
         from sensor_msgs.msg import Image
         self.domain = next_domain_id() if domain is None else domain
         env = ros_env(self.domain, EVIT_ROS_WEIGHTS_DIR=str(weights_dir),
                       EVIT_ROS_CACHE=str(tmp))
-        self.node = NodeProcess(params, env, remaps)
+        self.node = NodeProcess(params, env, remaps, command=command)
         self.client = RosClient(self.domain)
         self.prefix = prefix
         self.diagnostics = self.client.watch_diagnostics()

@@ -23,8 +23,9 @@ PARAMS = {'backend': 'torch', 'network_height': 64, 'network_width': 128, 'cpu_t
 NAMES = [spec.name for spec in PARAMETERS]
 # Runtime parameters and what they accept, written here independently of the node's table.
 RUNTIME = {'output_resolution': ('input', 'network'), 'overlay_alpha': (0.0, 1.0),
-           'latency_budget_ms': (0.001, 600000.0), 'diagnostics_period': (0.05, 60.0)}
-PYTHON_TYPE = {'string': str, 'integer': int, 'double': float}
+           'latency_budget_ms': (0.0, 600000.0), 'diagnostics_period': (0.05, 60.0)}
+PYTHON_TYPE = {'string': str, 'integer': int, 'double': float, 'boolean': bool,
+               'string array': list}
 
 
 def _refused(name, value, current):

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from diagnostic_msgs.msg import DiagnosticStatus
 
-from evit_ros.ros.diagnostics import (FrameCounters, LatencyWindow, NodeHealth, RECENT_S,
-                                      SUSTAINED_S, WINDOW)
+from evit_ros.ros.diagnostics import (auto_budget_ms, FrameCounters, LatencyWindow,
+                                      NodeHealth, RECENT_S, SUSTAINED_FRAMES, WINDOW)
 from evit_ros.ros.latest_slot import LatestSlot
 from evit_ros.ros.parameters import (check_settings, markdown_table, ParameterError,
                                      PARAMETERS, refusal, SPECS)
@@ -47,22 +47,54 @@ def test_waiting_then_ok_with_rate():
     assert (status.level, status.message) == (OK, 'segmenting at 10.0 Hz')  # 20 in 2 s
 
 
-def test_over_budget_warns_then_errors_when_sustained():
+def test_nothing_published_names_the_topic_and_the_publishers_seen():
+    health = NodeHealth(100.0, '/segmentation_node/image', started=10.0)
+    assert health.judge(10.0 + RECENT_S - 0.1, FrameCounters())[0] == OK
+    assert health.judge(10.0 + RECENT_S + 1.0, FrameCounters()) == (
+        WARN, f'nothing published on /segmentation_node/image for {RECENT_S + 1.0:.1f} s; '
+              'publishers seen: none')
+    health.publishers = ['/camera/driver']
+    assert health.judge(20.0, FrameCounters())[1].endswith('publishers seen: /camera/driver')
+    health.restart(30.0)                             # lifecycle activate: the clock restarts
+    assert health.judge(31.0, FrameCounters())[0] == OK
+
+
+def test_over_budget_is_judged_per_frame_not_per_second():
     health = NodeHealth(100.0)
     health.record_image(10.0)
     health.record_frame(10.0, frame(150.0))
     level, message = health.judge(10.5, RUNNING)
     assert level == WARN and message == 'over latency budget: last frame 150.0 ms > 100 ms'
-    health.record_image(10.0 + SUSTAINED_S)
-    health.record_frame(10.0 + SUSTAINED_S, frame(120.0))
-    level, message = health.judge(10.0 + SUSTAINED_S, RUNNING)
-    assert level == ERROR and message.startswith('over latency budget for 5.0 s')
-    health.record_frame(16.0, frame(80.0))          # one frame within budget resets it
-    health.record_image(16.0)
-    assert health.judge(16.0, RUNNING)[0] == OK
+    # Time alone never escalates it: still one frame over budget, much later.
+    assert health.judge(14.0, RUNNING)[0] == WARN
+    for index in range(SUSTAINED_FRAMES - 1):
+        health.record_image(11.0 + index)
+        health.record_frame(11.0 + index, frame(120.0))
+    level, message = health.judge(11.0 + SUSTAINED_FRAMES, RUNNING)
+    assert level == ERROR and message == (
+        f'over latency budget on the last {SUSTAINED_FRAMES} frames: last frame 120.0 ms '
+        '> 100 ms')
+    health.record_frame(30.0, frame(80.0))          # one frame within budget resets it
+    health.record_image(30.0)
+    assert health.judge(30.0, RUNNING)[0] == OK
     health.budget_ms = 50.0                          # a runtime change applies to new frames
-    health.record_frame(16.5, frame(80.0))
-    assert health.judge(16.5, RUNNING)[0] == WARN
+    health.record_frame(30.5, frame(80.0))
+    assert health.judge(30.5, RUNNING)[0] == WARN
+
+
+def test_newer_silence_or_rejection_wins_over_a_stale_over_budget_error():
+    health = NodeHealth(100.0, '/cam/image')
+    for index in range(SUSTAINED_FRAMES):
+        health.record_image(float(index))
+        health.record_frame(float(index), frame(500.0))
+    last = SUSTAINED_FRAMES - 1.0
+    assert health.judge(last, RUNNING)[0] == ERROR
+    health.record_rejection(last + 1.0, "unsupported encoding 'bayer_rggb8'")
+    assert health.judge(last + 1.0, RUNNING) == (
+        WARN, "rejected frame: unsupported encoding 'bayer_rggb8'")
+    # No image since: after RECENT_S the silence is the newest news.
+    assert health.judge(last + RECENT_S + 2.0, RUNNING) == (
+        WARN, f'no image for {RECENT_S + 2.0:.1f} s on /cam/image; publishers seen: none')
 
 
 def test_rejections_warn_while_recent_and_failures_error_until_a_good_frame():
@@ -86,7 +118,14 @@ def test_silence_after_images_warns():
     health.record_image(1.0)
     health.record_frame(1.0, frame(10.0))
     assert health.judge(1.0 + RECENT_S + 1.0, RUNNING) == (
-        WARN, f'no image for {RECENT_S + 1.0:.1f} s on /cam/image')
+        WARN, f'no image for {RECENT_S + 1.0:.1f} s on /cam/image; publishers seen: none')
+
+
+def test_auto_budget_follows_the_device_and_the_warm_up():
+    assert auto_budget_ms('cpu', 50.0) == 1000.0       # CPU floor
+    assert auto_budget_ms('cpu', 900.0) == 2700.0      # 3x a slow warm-up frame
+    assert auto_budget_ms('cuda:0', 10.0) == 100.0     # GPU floor
+    assert auto_budget_ms('cuda', 60.0) == 180.0
 
 
 def test_status_key_values():
@@ -189,6 +228,8 @@ def test_runtime_changes_refused_for_start_up_parameters():
         'output_resolution must be one of input, network')
     assert refusal('use_sim_time', False, True) is None      # ROS's own, not ours
     runtime = {spec.name for spec in PARAMETERS if spec.runtime}
+    for spec in PARAMETERS:
+        assert spec.descriptor().read_only == (not spec.runtime), spec.name
     assert runtime == {'output_resolution', 'overlay_alpha', 'latency_budget_ms',
                        'diagnostics_period'}
 

@@ -6,6 +6,7 @@ from evit_ros.cli import CommandError
 
 EPILOG = """examples:
   evit-ros node --ros-args -p backend:=onnxruntime -r '~/image:=/camera/image_raw'
+  evit-ros node --ros-args -p "cameras:=[/front/image_raw,/left/image_raw]"
   evit-ros node --preset b0-cityscapes --ros-args -p device:=cuda -r __ns:=/front
   evit-ros node --ros-args --params-file config/segmentation.yaml
 

@@ -15,8 +15,9 @@ from evit_ros.ros.diagnostics import FrameCounters
 class LatestSlot:
     """A one-frame mailbox where the latest frame wins, with the node's frame counters."""
 
-    def __init__(self):
-        self._cond = threading.Condition()
+    def __init__(self, cond: Optional[threading.Condition] = None):
+        # Several cameras' slots share one condition, so that one worker waits on them all.
+        self._cond = cond if cond is not None else threading.Condition()
         self._frame: Optional[Any] = None
         self._closed = False
         self._received = self._processed = self._dropped = self._rejected = 0
@@ -30,7 +31,7 @@ class LatestSlot:
             if replaced:
                 self._dropped += 1
             self._frame = frame
-            self._cond.notify()
+            self._cond.notify_all()
             return replaced
 
     def reject(self) -> None:
@@ -43,6 +44,20 @@ class LatestSlot:
         """Wait for the newest frame and mark it in flight; ``None`` once closed or timed out."""
         with self._cond:
             self._cond.wait_for(lambda: self._frame is not None or self._closed, timeout)
+            if self._closed or self._frame is None:
+                return None
+            frame, self._frame = self._frame, None
+            self._in_flight = 1
+            return frame
+
+    @property
+    def waiting(self) -> bool:
+        """Whether a frame waits to be taken."""
+        return self._frame is not None
+
+    def poll(self) -> Optional[Any]:
+        """Take the waiting frame without blocking (marked in flight); ``None`` when empty."""
+        with self._cond:
             if self._closed or self._frame is None:
                 return None
             frame, self._frame = self._frame, None

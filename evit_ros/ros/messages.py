@@ -9,6 +9,7 @@ later by the worker (:func:`compressed_to_array`).
 import array
 from typing import Tuple
 
+import cv2
 import numpy as np
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
@@ -130,3 +131,30 @@ def scaled_camera_info(info: CameraInfo, width: int, height: int, header: Header
     out.roi.height = int(round(roi.height * sy))
     out.roi.do_rectify = roi.do_rectify
     return out
+
+
+#: ``CompressedImage.format`` of a PNG label map, as image_transport's png plugin names it.
+def png_format(encoding: str) -> str:
+    """Return the ``format`` string image_transport writes for a PNG of ``encoding``."""
+    return f'{encoding}; png compressed '
+
+
+def label_map_to_png(label_map: np.ndarray, header: Header) -> CompressedImage:
+    """Return a label map as a lossless PNG ``CompressedImage`` (mono8 or mono16).
+
+    Decoding it (``cv2.imdecode(..., cv2.IMREAD_UNCHANGED)``) gives the label map exactly.
+
+    :raises ValueError: for a dtype other than uint8 or uint16.
+    """
+    if label_map.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f'label maps are uint8 or uint16, got {label_map.dtype}')
+    ok, encoded = cv2.imencode('.png', np.ascontiguousarray(label_map),
+                               [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    if not ok:
+        raise ValueError(f'cannot encode a {label_map.shape} label map as png')
+    msg = CompressedImage(header=header)
+    msg.format = png_format('mono8' if label_map.dtype == np.uint8 else 'mono16')
+    data = array.array('B')
+    data.frombytes(encoded.tobytes())
+    msg.data = data
+    return msg

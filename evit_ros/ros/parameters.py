@@ -11,7 +11,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, Optional, Tuple
 
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
+                                ParameterType)
 
 from evit_ros.model.registry import MODELS, UnknownModelError, get_entry
 
@@ -39,12 +40,13 @@ class ParameterSpec:
     @property
     def type_name(self) -> str:
         """ROS type of the parameter: ``string``, ``integer`` or ``double``."""
-        return {str: 'string', int: 'integer', float: 'double'}[type(self.default)]
+        return {str: 'string', int: 'integer', float: 'double', bool: 'boolean',
+                tuple: 'string array'}[type(self.default)]
 
     @property
     def a_type(self) -> str:
         """The type with its article, for messages: ``a string``, ``an integer``."""
-        return ('an ' if self.type_name == 'integer' else 'a ') + self.type_name
+        return ('an ' if self.type_name[0] in 'aeiou' else 'a ') + self.type_name
 
     @property
     def allowed(self) -> str:
@@ -69,7 +71,10 @@ class ParameterSpec:
         descriptor = ParameterDescriptor(
             name=self.name, description=self.description,
             additional_constraints=self.allowed + ('' if self.runtime else
-                                                   '; read at start-up only'))
+                                                   '; read at start-up only'),
+            read_only=not self.runtime)
+        if isinstance(self.default, tuple):
+            descriptor.type = ParameterType.PARAMETER_STRING_ARRAY
         if self.int_range:
             low, high, step = self.int_range
             descriptor.integer_range = [IntegerRange(from_value=low, to_value=high, step=step)]
@@ -84,7 +89,13 @@ class ParameterSpec:
         expected = type(self.default)
         if expected is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
-        if not isinstance(value, expected) or isinstance(value, bool):
+        if expected is tuple:
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, str)
+                                                               for v in value):
+                return f'{self.name} must be a list of strings, got {value!r}'
+            extra = _EXTRA_CHECKS.get(self.name)
+            return extra(list(value)) if extra else None
+        if not isinstance(value, expected) or isinstance(value, bool) != (expected is bool):
             return (f'{self.name} must be {self.a_type}, got {value!r}'
                     + (' (write 1.0, not 1)' if expected is float else ''))
         if self.choices and value not in self.choices:
@@ -120,7 +131,17 @@ def _check_device(value: str) -> Optional[str]:
     return f"device must be 'cpu', 'cuda' or 'cuda:N', got {value!r}"
 
 
-_EXTRA_CHECKS = {'model': _check_model, 'weights': _check_weights, 'device': _check_device}
+def _check_cameras(value) -> Optional[str]:
+    from evit_ros.ros.cameras import check_cameras
+    try:
+        check_cameras(list(value))
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+_EXTRA_CHECKS = {'model': _check_model, 'weights': _check_weights, 'device': _check_device,
+                 'cameras': _check_cameras}
 
 #: Every parameter of ``segmentation_node``, in the order of ``config/segmentation.yaml``.
 PARAMETERS: Tuple[ParameterSpec, ...] = (
@@ -151,6 +172,18 @@ PARAMETERS: Tuple[ParameterSpec, ...] = (
                   'CPU threads for inference (PyTorch intra-op, ONNX Runtime); 0 = the '
                   "library's default (every core). 1-2 keep latency steady on a CPU shared "
                   'with other nodes.', int_range=(0, 256, 1)),
+    ParameterSpec('cameras', (),
+                  "Image topics of several cameras served by one model (e.g. "
+                  "['/front/image_raw', '/left/image_raw']); [] = the single ~/image. A "
+                  "camera's name is the last part of its topic's namespace (front); its "
+                  'outputs are ~/<name>/label_map etc.', constraints='absolute topics, one '
+                  'camera per namespace'),
+    ParameterSpec('max_batch', 4,
+                  'Most frames (one per camera) segmented in one inference; cameras beyond '
+                  'it wait their round-robin turn.', int_range=(1, 16, 1)),
+    ParameterSpec('autostart', True,
+                  'Configure and activate at start (one-step ros2 run / launch); false waits '
+                  'for ~/change_state from a lifecycle manager.', constraints='true or false'),
     ParameterSpec('input_transport', 'raw',
                   'raw subscribes ~/image (sensor_msgs/Image); compressed subscribes '
                   '~/image/compressed (jpeg or png sensor_msgs/CompressedImage).',
@@ -160,19 +193,22 @@ PARAMETERS: Tuple[ParameterSpec, ...] = (
                   'size, with ~/label_map/camera_info scaled to match.',
                   choices=('input', 'network'), runtime=True),
     ParameterSpec('qos_reliability', 'best_effort',
-                  'Reliability of the image subscription; best_effort is the sensor-data '
-                  'profile and matches every camera driver.',
+                  'Alias: default reliability of the image subscriptions (best_effort, the '
+                  'sensor-data profile, matches every camera driver); '
+                  'qos_overrides.<topic>.subscription.reliability wins.',
                   choices=('best_effort', 'reliable')),
     ParameterSpec('qos_depth', 1,
-                  'History depth of the image subscription and of the outputs; the worker '
-                  'always takes the newest frame, whatever the depth.', int_range=(1, 100, 1)),
+                  'Alias: default history depth of the image subscriptions and the outputs; '
+                  'qos_overrides.<topic>.subscription.depth (input) and '
+                  '.publisher.depth (output) win.', int_range=(1, 100, 1)),
     ParameterSpec('overlay_alpha', 0.5,
                   'Weight of the colour mask in ~/overlay (0 = camera image only, 1 = mask '
                   'only).', float_range=(0.0, 1.0), runtime=True),
-    ParameterSpec('latency_budget_ms', 100.0,
-                  'Node latency (image received to outputs published) above which '
-                  '/diagnostics warns; over budget for 5 s it reports an error.',
-                  float_range=(0.001, 600000.0), runtime=True),
+    ParameterSpec('latency_budget_ms', 0.0,
+                  'Node latency (image received to outputs published) above which a frame '
+                  'makes /diagnostics warn (10 frames in a row: error); 0 = auto, 3x the '
+                  'warm-up frame, at least 1000 ms on CPU / 100 ms on GPU.',
+                  float_range=(0.0, 600000.0), runtime=True),
     ParameterSpec('diagnostics_period', 1.0,
                   'Seconds between /diagnostics messages (steady clock, also under sim time).',
                   float_range=(0.05, 60.0), runtime=True),
@@ -201,6 +237,9 @@ class NodeSettings:
     network_height: int
     network_width: int
     cpu_threads: int
+    cameras: Tuple[str, ...]
+    max_batch: int
+    autostart: bool
     input_transport: str
     output_resolution: str
     qos_reliability: str
@@ -233,14 +272,17 @@ def check_settings(values: Dict[str, Any]) -> NodeSettings:
     if (height == 0) != (width == 0):
         raise ParameterError(f'network_height={height} and network_width={width}: set both '
                              '(multiples of 32) or leave both 0 for the model default')
-    return NodeSettings(**{name: values[name] for name in SPECS})
+    settings = NodeSettings(**{name: values[name] for name in SPECS})
+    settings.cameras = tuple(settings.cameras)
+    return settings
 
 
 def refusal(name: str, old: Any, new: Any) -> Optional[str]:
     """Return why changing ``name`` from ``old`` to ``new`` at runtime is refused, or ``None``.
 
     Parameters that shape the model, its backend or the subscriptions are read at start-up
-    only; setting them to their current value is accepted (``ros2 param load`` does that).
+    only (declared read-only, so ROS refuses them first); setting them to their current
+    value is accepted here.
     """
     spec = SPECS.get(name)
     if spec is None:
@@ -258,7 +300,10 @@ def markdown_table(specs: Iterable[ParameterSpec] = PARAMETERS) -> str:
     lines = ['| parameter | type | default | allowed | runtime | description |',
              '|---|---|---|---|---|---|']
     for spec in specs:
-        default = repr(spec.default) if isinstance(spec.default, str) else spec.default
+        default = (repr(spec.default) if isinstance(spec.default, str) else
+                   '[]' if isinstance(spec.default, tuple) else
+                   str(spec.default).lower() if isinstance(spec.default, bool) else
+                   spec.default)
         lines.append(f'| `{spec.name}` | {spec.type_name} | `{default}` | {spec.allowed} | '
                      f'{"yes" if spec.runtime else "no"} | {spec.description} |')
     return '\n'.join(lines)

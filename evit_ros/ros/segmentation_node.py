@@ -1,22 +1,38 @@
-"""ROS 2 semantic segmentation node: camera images in, label maps out.
+"""ROS 2 semantic segmentation node: camera images in, label maps out, one model for a rig.
 
-Topics, relative to the node (remap ``~/image`` to the camera's topic):
+Topics, relative to the node. With ``cameras`` empty there is one camera, ``~/image``
+(remap it to the camera's topic) and its outputs are ``~/label_map`` etc.; with
+``cameras: ['/front/image_raw', ...]`` each camera is named after its topic's namespace
+(``front``) and its outputs are ``~/front/label_map`` etc.:
 
-* in  ``~/image`` (sensor_msgs/Image) when ``input_transport`` is ``raw``, or
-  ``<~/image>/compressed`` (sensor_msgs/CompressedImage, jpeg or png) when ``compressed``;
-* in  ``~/camera_info`` (sensor_msgs/CameraInfo, optional);
-* out ``~/label_map`` (sensor_msgs/Image mono8, mono16 beyond 256 classes): class ids;
-* out ``~/label_map/camera_info``: the camera info scaled to the label map, when
-  ``output_resolution`` is ``network`` and camera info was received;
-* out ``~/color_mask`` and ``~/overlay`` (rgb8): computed only while subscribed;
+* in  the image topic (sensor_msgs/Image) when ``input_transport`` is ``raw``, or
+  ``<image topic>/compressed`` (sensor_msgs/CompressedImage, jpeg or png) when
+  ``compressed``;
+* in  ``<image namespace>/camera_info`` (sensor_msgs/CameraInfo, optional), where
+  image_transport's camera subscriber looks;
+* out ``label_map`` (sensor_msgs/Image mono8, mono16 beyond 256 classes): class ids;
+* out ``label_map/camera_info``: the camera info scaled to the label map, whenever the
+  label map's size differs from the camera's;
+* out ``color_mask``, ``overlay`` (rgb8), ``confidence`` (mono8, 255 x the winning class's
+  softmax probability) and ``label_map/compressed`` (lossless PNG): computed only while
+  subscribed;
 * out ``~/class_info`` (std_msgs/String JSON, transient local): model, classes, palette;
-* out ``/diagnostics`` (diagnostic_msgs/DiagnosticArray): status, counters, latencies.
+* out ``/diagnostics`` (diagnostic_msgs/DiagnosticArray): one status per camera.
 
-Every output carries the input image's header. Callbacks only validate and hand the frame
-to a single worker thread through a depth-1 slot (latest wins), so a slow model drops stale
-frames instead of queueing them. Parameters are in :mod:`evit_ros.ros.parameters`.
+Every output carries its camera's image header. Callbacks only validate and hand the frame
+to a single worker thread through the camera's depth-1 slot (latest wins); the worker
+segments the frames waiting at that moment as one batch (round-robin beyond
+``max_batch``), so a slow model drops stale frames instead of queueing them.
+
+The node is a managed (lifecycle) node: configure loads the model and warms it up,
+activate subscribes and publishes, deactivate stops both, cleanup frees the model. With
+``autostart`` (the default) it configures and activates itself. QoS follows rclpy's
+overrides (``qos_overrides.<topic>.subscription.depth`` ...). Parameters are in
+:mod:`evit_ros.ros.parameters`.
 """
 
+import ctypes
+import gc
 import json
 import logging
 import os
@@ -24,9 +40,9 @@ import socket
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 import cv2
 import numpy as np
@@ -36,17 +52,22 @@ from rcl_interfaces.msg import SetParametersResult
 from rclpy.clock import Clock, ClockType
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.executors import ExternalShutdownException
-from rclpy.node import Node
+from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
+from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.qos_overriding_options import QoSOverridingOptions
 from rclpy.time import Time
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import String
 
-from evit_ros.ros.diagnostics import NodeHealth
+from evit_ros.ros.batching import BatchGate
+from evit_ros.ros.cameras import camera_info_topic, camera_name
+from evit_ros.ros.compat import on_parameters_set
+from evit_ros.ros.diagnostics import auto_budget_ms, NodeHealth
 from evit_ros.ros.latest_slot import LatestSlot
 from evit_ros.ros.messages import (
-    check_compressed, compressed_to_array, image_to_array, label_map_to_image, MessageError,
-    array_to_image, scaled_camera_info)
+    array_to_image, check_compressed, compressed_to_array, image_to_array, label_map_to_image,
+    label_map_to_png, MessageError, scaled_camera_info)
 from evit_ros.ros.parameters import (
     check_settings, NodeSettings, PARAMETERS, ParameterError, refusal, SPECS)
 from evit_ros.ros.resources import use_large_image_profile
@@ -60,14 +81,19 @@ COMPRESSED_SUFFIX = '/compressed'
 CAMERA_INFO = '~/camera_info'
 LABEL_MAP = '~/label_map'
 LABEL_MAP_CAMERA_INFO = '~/label_map/camera_info'
+LABEL_MAP_COMPRESSED = '~/label_map/compressed'
 COLOR_MASK = '~/color_mask'
 OVERLAY = '~/overlay'
+CONFIDENCE = '~/confidence'
 CLASS_INFO = '~/class_info'
 DIAGNOSTICS = '/diagnostics'
 
-#: Every topic name the node uses, for launch-file checks and docs.
+#: Every topic name the node uses (single camera), for launch-file checks and docs.
 TOPICS = (IMAGE, IMAGE + COMPRESSED_SUFFIX, CAMERA_INFO, LABEL_MAP, LABEL_MAP_CAMERA_INFO,
-          COLOR_MASK, OVERLAY, CLASS_INFO, DIAGNOSTICS)
+          LABEL_MAP_COMPRESSED, COLOR_MASK, OVERLAY, CONFIDENCE, CLASS_INFO, DIAGNOSTICS)
+#: The outputs of one camera, relative to its prefix (``~/`` or ``~/<name>/``).
+CAMERA_OUTPUTS = ('label_map', 'label_map/camera_info', 'label_map/compressed', 'color_mask',
+                  'overlay', 'confidence')
 
 # class_info is published once; late joiners get it from the writer's history.
 CLASS_INFO_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
@@ -77,6 +103,8 @@ DIAGNOSTICS_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 # Start-up failures: exit codes and the exceptions that mean "the user must fix something".
 EXIT_PARAMETER = 2
 EXIT_STARTUP = 1
+# Seconds a deactivate waits for the frame the worker runs (a CPU frame at 1024x2048).
+WORKER_JOIN_S = 10.0
 
 
 def image_qos(reliability: str, depth: int) -> QoSProfile:
@@ -112,6 +140,31 @@ class Frame:
     encoding: str = ''
 
 
+@dataclass
+class Camera:
+    """One camera: its topics, health, latest camera info and output publishers."""
+
+    index: int
+    name: str                         # '' for the single ~/image camera
+    image_topic: str                  # the resolved image topic (raw)
+    input_topic: str                  # what is subscribed (raw or <image>/compressed)
+    info_topic: str
+    health: NodeHealth
+    camera_info: Optional[CameraInfo] = None
+    subscriptions: List[Any] = field(default_factory=list)
+    publishers: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def prefix(self) -> str:
+        """The private prefix of this camera's outputs: ``~/`` or ``~/<name>/``."""
+        return f'~/{self.name}/' if self.name else '~/'
+
+    def wanted(self, output: str) -> bool:
+        """Whether anybody subscribes to an optional output (computed only then)."""
+        publisher = self.publishers.get(output)
+        return publisher is not None and publisher.get_subscription_count() > 0
+
+
 def build_segmenter(settings: NodeSettings):
     """Return the :class:`evit_ros.runtime.Segmenter` the settings describe.
 
@@ -135,6 +188,11 @@ def build_segmenter(settings: NodeSettings):
         options['threads'] = settings.cpu_threads
     if settings.engine:
         options['engine'] = str(Path(settings.engine).expanduser().resolve())
+    if settings.max_batch > 1 and settings.device != 'cpu' and \
+            settings.backend in ('auto', 'tensorrt'):
+        # TensorRT builds its optimization profile over batch 1..max_batch (CPU backends
+        # take any batch and have no such option).
+        options['max_batch'] = settings.max_batch
     try:
         return Segmenter(settings.model, backend=settings.backend, device=settings.device,
                          input_size=settings.network_size,
@@ -145,68 +203,206 @@ def build_segmenter(settings: NodeSettings):
                            f'{settings.device}: {exc}') from exc
 
 
-class SegmentationNode(Node):
+class SegmentationNode(LifecycleNode):
     """Segment every camera frame it can keep up with and publish label maps.
 
-    :raises StartupError: for an invalid parameter or a model that cannot be loaded.
+    A lifecycle node; :func:`main` configures and activates it under ``autostart``.
+
+    :raises StartupError: for an invalid parameter.
     """
 
     def __init__(self, **kwargs):
         super().__init__(NODE_NAME, **kwargs)
         self.settings = self._declare_parameters()
         _forward_runtime_log(self.get_logger())
-        self.segmenter = build_segmenter(self.settings)
+        self.segmenter = None
+        self.palette = _palette((), 256)
+        self.class_names: List[str] = []
+        #: ``unconfigured``, ``inactive``, ``active`` or ``finalized``.
+        self.state = 'unconfigured'
+        #: why the last configure failed (one line), '' after a success.
+        self.configure_error = ''
+        self.startup_error: Optional[StartupError] = None
+        #: set by :func:`main` while it configures under ``autostart``.
+        self.autostarting = False
+        self.backend_failures = 0   # frames a backend raised on
+        self.backend_switches = 0   # fallbacks to the next backend (backend:=auto)
+        self.auto_budget_ms = auto_budget_ms(self.settings.device, 0.0)
+        self.cameras = self._make_cameras()
+        self.gate = BatchGate(len(self.cameras))
+        self.gate.close()
+        self.slot: LatestSlot = self.gate.slots[0]
+        self._worker: Optional[threading.Thread] = None
+        self._steady = Clock(clock_type=ClockType.STEADY_TIME)
+        self.diagnostics_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS,
+                                                     DIAGNOSTICS_QOS)
+        self.class_info_pub = self.create_publisher(String, CLASS_INFO, CLASS_INFO_QOS)
+        self._diagnostics_timer = self.create_timer(
+            self.settings.diagnostics_period, self.publish_diagnostics, clock=self._steady)
+        self.parameter_path = on_parameters_set(self, self._on_set_parameters,
+                                                self._after_set_parameters)
+        self._silence_logged: Dict[int, float] = {}
+
+    # -- cameras ---------------------------------------------------------------------------
+
+    def _make_cameras(self) -> List[Camera]:
+        compressed = self.settings.input_transport == 'compressed'
+        cameras = []
+        if not self.settings.cameras:
+            image = self.resolve_topic_name(IMAGE)
+            source = self._compressed_topic(image) if compressed else image
+            info = self._explicit(CAMERA_INFO) or camera_info_topic(image)
+            cameras.append(Camera(0, '', image, source, info,
+                                  NodeHealth(self._budget(), source, time.monotonic())))
+        for index, topic in enumerate(self.settings.cameras):
+            source = topic + COMPRESSED_SUFFIX if compressed else topic
+            cameras.append(Camera(index, camera_name(topic), topic, source,
+                                  camera_info_topic(topic),
+                                  NodeHealth(self._budget(), source, time.monotonic())))
+        return cameras
+
+    def _explicit(self, name: str) -> Optional[str]:
+        """Return the topic ``name`` was remapped to, or ``None`` when not remapped."""
+        explicit = self.resolve_topic_name(name)
+        default = self.resolve_topic_name(name, only_expand=True)
+        return explicit if explicit != default else None
+
+    def _budget(self) -> float:
+        return self.settings.latency_budget_ms or self.auto_budget_ms
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def on_configure(self, state) -> TransitionCallbackReturn:
+        """Load the model, build or load the engine, warm up, create the publishers."""
+        try:
+            self.segmenter = build_segmenter(self.settings)
+            warmup_ms = self._warm_up()
+        except StartupError as exc:
+            self.segmenter = None
+            self.configure_error = str(exc)
+            self.startup_error = exc
+            if not self.autostarting:       # main() prints the one line and exits
+                self.get_logger().error(f'configure failed: {exc}')
+            return TransitionCallbackReturn.FAILURE
+        self.configure_error = ''
+        self.startup_error = None
         entry = self.segmenter.entry
         self.palette = _palette(entry.palette if entry else (), self.segmenter.num_classes)
         self.class_names = list(entry.class_names) if entry else []
-
-        image_topic = self.resolve_topic_name(IMAGE)
-        qos = image_qos(self.settings.qos_reliability, self.settings.qos_depth)
-        if self.settings.input_transport == 'compressed':
-            self.input_topic = self._compressed_topic(image_topic)
-            self.create_subscription(CompressedImage, self.input_topic, self._on_compressed,
-                                     qos)
-        else:
-            self.input_topic = image_topic
-            self.create_subscription(Image, self.input_topic, self._on_image, qos)
-        self.create_subscription(CameraInfo, CAMERA_INFO, self._on_camera_info, qos)
-
-        out = output_qos(self.settings.qos_depth)
-        self.label_map_pub = self.create_publisher(Image, LABEL_MAP, out)
-        self.label_map_info_pub = self.create_publisher(CameraInfo, LABEL_MAP_CAMERA_INFO, out)
-        self.color_mask_pub = self.create_publisher(Image, COLOR_MASK, out)
-        self.overlay_pub = self.create_publisher(Image, OVERLAY, out)
-        self.class_info_pub = self.create_publisher(String, CLASS_INFO, CLASS_INFO_QOS)
-        self.diagnostics_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS,
-                                                     DIAGNOSTICS_QOS)
-
-        self.health = NodeHealth(self.settings.latency_budget_ms, self.input_topic)
-        self.backend_failures = 0   # frames a backend raised on
-        self.backend_switches = 0   # fallbacks to the next backend (backend:=auto)
-        self.slot = LatestSlot()
-        self._camera_info: Optional[CameraInfo] = None
-        self._steady = Clock(clock_type=ClockType.STEADY_TIME)
-        self._diagnostics_timer = self.create_timer(
-            self.settings.diagnostics_period, self.publish_diagnostics, clock=self._steady)
-        self.add_on_set_parameters_callback(self._on_set_parameters)
-        self.add_post_set_parameters_callback(self._after_set_parameters)
-
+        self.auto_budget_ms = auto_budget_ms(self.segmenter.device
+                                             if hasattr(self.segmenter, 'device')
+                                             else self.settings.device, warmup_ms)
+        for camera in self.cameras:
+            camera.health.budget_ms = self._budget()
+            out = output_qos(self.settings.qos_depth)
+            for output in CAMERA_OUTPUTS:
+                kind = (CameraInfo if output.endswith('camera_info') else
+                        CompressedImage if output.endswith('compressed') else Image)
+                camera.publishers[output] = self.create_publisher(
+                    kind, camera.prefix + output, out,
+                    qos_overriding_options=QoSOverridingOptions.with_default_policies())
         self.class_info_pub.publish(String(data=json.dumps(self.class_info())))
+        height, width = self.segmenter.input_size
+        self.state = 'inactive'
+        self.get_logger().info(
+            f'{self.settings.model} on {self.segmenter.backend_name}/'
+            f'{getattr(self.segmenter, "device", self.settings.device)} '
+            f'{getattr(self.segmenter, "precision", self.settings.precision)} at '
+            f'{height}x{width}; warm-up {warmup_ms:.0f} ms; latency budget '
+            f'{self._budget():g} ms')
+        return TransitionCallbackReturn.SUCCESS
+
+    def _warm_up(self) -> float:
+        """Run one batch of black frames (first-run allocations); return its milliseconds."""
+        count = min(len(self.cameras), self.settings.max_batch)
+        height, width = self.segmenter.input_size
+        black = np.zeros((height, width, 3), np.uint8)
+        start = time.perf_counter()
+        try:
+            self.segmenter.segment_batch([black] * count, ['rgb8'] * count)
+        except Exception as exc:  # noqa: B902 - the frames will retry (and fall back)
+            # Not fatal: a backend that fails here fails on frames too, where it is counted,
+            # reported on /diagnostics and, under backend:=auto, replaced by the next one.
+            self.get_logger().error(
+                f'warm-up failed on {self.segmenter.backend_name}: '
+                f"{' '.join(f'{type(exc).__name__}: {exc}'.split())}; frames will retry")
+            return 0.0
+        return (time.perf_counter() - start) * 1e3
+
+    def on_activate(self, state) -> TransitionCallbackReturn:
+        """Subscribe to every camera and start the worker."""
+        self.gate = BatchGate(len(self.cameras))
+        self.slot = self.gate.slots[0]
+        now = time.monotonic()
+        options = QoSOverridingOptions.with_default_policies
+        qos = image_qos(self.settings.qos_reliability, self.settings.qos_depth)
+        for camera in self.cameras:
+            camera.health.restart(now)
+            if self.settings.input_transport == 'compressed':
+                callback = self._compressed_callback(camera)
+                kind = CompressedImage
+            else:
+                callback = self._image_callback(camera)
+                kind = Image
+            camera.subscriptions = [
+                self.create_subscription(kind, camera.input_topic, callback, qos,
+                                         qos_overriding_options=options()),
+                self.create_subscription(CameraInfo, camera.info_topic,
+                                         self._info_callback(camera), qos,
+                                         qos_overriding_options=options())]
         self._worker = threading.Thread(target=self._work, name='segmentation_worker',
                                         daemon=True)
         self._worker.start()
-        height, width = self.segmenter.input_size
-        self.get_logger().info(
-            f'{self.settings.model} on {self.segmenter.backend_name}/{self.settings.device} '
-            f'{self.settings.precision} at {height}x{width}; listening on {self.input_topic}')
+        self.state = 'active'
+        self.get_logger().info('listening on ' + ', '.join(c.input_topic
+                                                           for c in self.cameras))
+        return TransitionCallbackReturn.SUCCESS
 
-    # -- parameters -------------------------------------------------------------------------
+    def on_deactivate(self, state) -> TransitionCallbackReturn:
+        """Unsubscribe and stop the worker; the model stays loaded."""
+        self._stop_active()
+        self.state = 'inactive'
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_cleanup(self, state) -> TransitionCallbackReturn:
+        """Destroy the outputs and free the model."""
+        self._release()
+        self.state = 'unconfigured'
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state) -> TransitionCallbackReturn:
+        """Stop everything from any state."""
+        self._stop_active()
+        self._release()
+        self.state = 'finalized'
+        return TransitionCallbackReturn.SUCCESS
+
+    def _stop_active(self) -> bool:
+        for camera in self.cameras:
+            for subscription in camera.subscriptions:
+                self.destroy_subscription(subscription)
+            camera.subscriptions = []
+        return self.stop(WORKER_JOIN_S)
+
+    def _release(self) -> None:
+        for camera in self.cameras:
+            for publisher in camera.publishers.values():
+                self.destroy_publisher(publisher)
+            camera.publishers = {}
+        self.segmenter = None
+        gc.collect()
+        _return_freed_memory()
+
+    # -- parameters ------------------------------------------------------------------------
 
     def _declare_parameters(self) -> NodeSettings:
         overrides = getattr(self, '_parameter_overrides', {})
         for spec in PARAMETERS:
             try:
-                self.declare_parameter(spec.name, spec.default, spec.descriptor())
+                if isinstance(spec.default, tuple):
+                    self._declare_string_array(spec)
+                else:
+                    self.declare_parameter(spec.name, spec.default, spec.descriptor())
             except InvalidParameterTypeException as exc:
                 value = overrides[spec.name].value if spec.name in overrides else '?'
                 hint = ' (write 1.0, not 1)' if spec.type_name == 'double' else ''
@@ -224,6 +420,27 @@ class SegmentationNode(Node):
         except ParameterError as exc:
             raise StartupError(f'invalid parameter: {exc}', EXIT_PARAMETER) from exc
 
+    def _declare_string_array(self, spec) -> None:
+        """Declare a read-only string array whose default is empty.
+
+        rclpy infers no type from ``[]`` (it would declare a byte array and refuse the
+        user's strings), so declare it typed, give it ``[]`` when nobody set it, and only
+        then make it read-only.
+        """
+        descriptor = spec.descriptor()
+        descriptor.read_only = False
+        try:
+            parameter = self.declare_parameter(spec.name, Parameter.Type.STRING_ARRAY,
+                                               descriptor)
+        except InvalidParameterTypeException:
+            # A params file's `name: []` reaches rclpy as "not set": the default, then.
+            self.undeclare_parameter(spec.name) if self.has_parameter(spec.name) else None
+            parameter = self.declare_parameter(spec.name, Parameter.Type.STRING_ARRAY,
+                                               descriptor, ignore_override=True)
+        if parameter.type_ == Parameter.Type.NOT_SET:
+            self.set_parameters([Parameter(spec.name, Parameter.Type.STRING_ARRAY, [])])
+        self.set_descriptor(spec.name, spec.descriptor())
+
     def _on_set_parameters(self, parameters: List[rclpy.parameter.Parameter]):
         for parameter in parameters:
             if parameter.name not in SPECS:
@@ -240,7 +457,8 @@ class SegmentationNode(Node):
                 continue
             setattr(self.settings, parameter.name, parameter.value)
             if parameter.name == 'latency_budget_ms':
-                self.health.budget_ms = parameter.value
+                for camera in self.cameras:
+                    camera.health.budget_ms = self._budget()
             elif parameter.name == 'diagnostics_period':
                 self.destroy_timer(self._diagnostics_timer)
                 self._diagnostics_timer = self.create_timer(
@@ -248,66 +466,157 @@ class SegmentationNode(Node):
 
     # -- callbacks: validate and hand over, never block ------------------------------------
 
-    def _on_image(self, msg: Image) -> None:
-        now = time.monotonic()
-        self.health.record_image(now)
-        try:
-            pixels, encoding = image_to_array(msg)
-        except MessageError as exc:
-            self._reject(now, str(exc))
-            return
-        self.slot.put(Frame(msg, now, pixels, encoding))
+    def _image_callback(self, camera: Camera):
+        slot, health = self.gate.slots[camera.index], camera.health
 
-    def _on_compressed(self, msg: CompressedImage) -> None:
-        now = time.monotonic()
-        self.health.record_image(now)
-        try:
-            check_compressed(msg)
-        except MessageError as exc:
-            self._reject(now, str(exc))
-            return
-        self.slot.put(Frame(msg, now, None))
+        def on_image(msg: Image) -> None:
+            now = time.monotonic()
+            health.record_image(now)
+            try:
+                pixels, encoding = image_to_array(msg)
+            except MessageError as exc:
+                self._reject(camera, now, str(exc))
+                return
+            slot.put(Frame(msg, now, pixels, encoding))
+        return on_image
 
-    def _on_camera_info(self, msg: CameraInfo) -> None:
-        self._camera_info = msg
+    def _compressed_callback(self, camera: Camera):
+        slot, health = self.gate.slots[camera.index], camera.health
 
-    def _reject(self, now: float, reason: str, counted: bool = False) -> None:
+        def on_compressed(msg: CompressedImage) -> None:
+            now = time.monotonic()
+            health.record_image(now)
+            try:
+                check_compressed(msg)
+            except MessageError as exc:
+                self._reject(camera, now, str(exc))
+                return
+            slot.put(Frame(msg, now, None))
+        return on_compressed
+
+    @staticmethod
+    def _info_callback(camera: Camera):
+        def on_camera_info(msg: CameraInfo) -> None:
+            camera.camera_info = msg
+        return on_camera_info
+
+    def _reject(self, camera: Camera, now: float, reason: str, counted: bool = False) -> None:
         if not counted:
-            self.slot.reject()
-        self.health.record_rejection(now, reason)
-        self.get_logger().warning(f'rejected frame: {reason}', throttle_duration_sec=5.0)
+            self.gate.slots[camera.index].reject()
+        camera.health.record_rejection(now, reason)
+        where = f' on {camera.input_topic}' if camera.name else ''
+        self.get_logger().warning(f'rejected frame{where}: {reason}',
+                                  throttle_duration_sec=5.0)
 
     # -- the worker -------------------------------------------------------------------------
 
     def _work(self) -> None:
+        gate = self.gate
         while True:
-            frame = self.slot.take()
-            if frame is None:
+            batch = gate.take(self.settings.max_batch)
+            if batch is None:
                 return
+            self._process_batch(gate, batch)
+
+    def _process_batch(self, gate: BatchGate, batch) -> None:
+        start = time.perf_counter()
+        ready = []
+        for index, frame in batch:
+            camera = self.cameras[index]
             try:
-                self._process(frame)
+                if frame.pixels is None:
+                    pixels, encoding = compressed_to_array(frame.msg)
+                else:
+                    pixels, encoding = frame.pixels, frame.encoding
             except ImageError as exc:
-                self.slot.done(processed=False)
-                self._reject(time.monotonic(), str(exc), counted=True)
-            except Exception as exc:  # noqa: B902 - the node must outlive a backend failure
-                self.slot.done(processed=False)
-                if self.slot.closed or not self.context.ok():
+                gate.slots[index].done(processed=False)
+                self._reject(camera, time.monotonic(), str(exc), counted=True)
+                continue
+            ready.append((camera, frame, pixels, encoding))
+        if not ready:
+            return
+        decode_ms = (time.perf_counter() - start) * 1e3 / len(ready)
+        at_network = self.settings.output_resolution == 'network'
+        size = self.segmenter.input_size if at_network else None
+        try:
+            label_maps = self.segmenter.segment_batch(
+                [item[2] for item in ready], [item[3] for item in ready],
+                [size] * len(ready))
+        except ImageError as exc:
+            if len(ready) > 1:
+                # One bad frame must not cost the others theirs: run them one by one.
+                for camera, frame, _, _ in ready:
+                    self._process_batch(gate, [(camera.index, frame)])
+                return
+            gate.slots[ready[0][0].index].done(processed=False)
+            self._reject(ready[0][0], time.monotonic(), str(exc), counted=True)
+            return
+        except Exception as exc:  # noqa: B902 - the node must outlive a backend failure
+            for camera, _, _, _ in ready:
+                gate.slots[camera.index].done(processed=False)
+            if gate.closed or not self.context.ok():
+                return
+            self._backend_failed(exc, [item[0] for item in ready])
+            return
+        timings = self.segmenter.timings
+        logits = self.segmenter.logits
+        share = len(ready)
+        for position, (camera, frame, pixels, encoding) in enumerate(ready):
+            try:
+                self._publish(camera, frame, label_maps[position], logits, position, pixels,
+                              encoding)
+            except Exception:  # noqa: B902 - a publisher destroyed under us at shutdown
+                gate.slots[camera.index].done(processed=False)
+                if gate.closed or not self.context.ok():
                     return
-                self._backend_failed(exc)
-            else:
-                self.slot.done(processed=True)
+                raise
+            latency = {'preprocess': decode_ms + timings.preprocess_ms / share,
+                       'inference': timings.inference_ms, 'postprocess':
+                       timings.postprocess_ms / share,
+                       'total': decode_ms + timings.total_ms}
+            # Pipeline latency on the node's clock: bag time under use_sim_time. Skipped
+            # for unstamped images and before the first /clock message (sim time still 0).
+            stamp = Time.from_msg(frame.msg.header.stamp)
+            now = self.get_clock().now()
+            if stamp.nanoseconds > 0 and now.nanoseconds > 0:
+                latency['pipeline'] = (now - stamp).nanoseconds / 1e6
+            latency['node'] = (time.monotonic() - frame.received) * 1e3
+            camera.health.record_frame(time.monotonic(), latency)
+            gate.slots[camera.index].done(processed=True)
 
-    def _backend_failed(self, exc: Exception) -> None:
-        """Count a failed frame, report ERROR and, under ``backend:=auto``, fall back.
+    def _publish(self, camera: Camera, frame: Frame, label_map: np.ndarray, logits,
+                 position: int, pixels: np.ndarray, encoding: str) -> None:
+        header = frame.msg.header
+        publishers = camera.publishers
+        publishers['label_map'].publish(label_map_to_image(label_map, header))
+        height, width = label_map.shape
+        info = camera.camera_info
+        if info is not None and (info.width, info.height) != (width, height):
+            publishers['label_map/camera_info'].publish(
+                scaled_camera_info(info, width, height, header))
+            camera.health.record_output('label_map/camera_info')
+        if camera.wanted('label_map/compressed'):
+            publishers['label_map/compressed'].publish(label_map_to_png(label_map, header))
+            camera.health.record_output('label_map/compressed')
+        if camera.wanted('confidence'):
+            from evit_ros.runtime.confidence import confidence_map
+            confidence = confidence_map(logits[position:position + 1], (height, width))
+            publishers['confidence'].publish(array_to_image(confidence, 'mono8', header))
+            camera.health.record_output('confidence')
+        self._publish_colour(camera, label_map, pixels, encoding, header)
 
-        The failed frame is counted as rejected. With ``auto`` the next backend of the auto
-        order is built (one log line naming both); with an explicit backend the same one
-        keeps being tried on later frames, and diagnostics stay at ERROR while it fails.
+    def _backend_failed(self, exc: Exception, cameras: List[Camera]) -> None:
+        """Count a failed batch, report ERROR and, under ``backend:=auto``, fall back.
+
+        The failed frames are counted as rejected. With ``auto`` the next backend of the
+        auto order is built (one log line naming both); with an explicit backend the same
+        one keeps being tried on later frames, and diagnostics stay at ERROR while it fails.
         """
         from evit_ros.runtime import BackendUnavailable
         reason = ' '.join(f'{type(exc).__name__}: {exc}'.split())
-        self.backend_failures += 1
-        self.health.record_failure(time.monotonic(), reason)
+        self.backend_failures += len(cameras)
+        for camera in cameras:
+            camera.health.record_failure(time.monotonic(), reason)
         failed = self.segmenter.backend_name
         if self.settings.backend != 'auto':
             self.get_logger().error(f'inference failed on {failed}: {reason}',
@@ -325,46 +634,16 @@ class SegmentationNode(Node):
         self.get_logger().error(f'inference failed on {failed}: {reason}; switched to {new} '
                                 f'on {self.segmenter.backend.device}')
 
-    def _process(self, frame: Frame) -> None:
-        start = time.perf_counter()
-        if frame.pixels is None:
-            pixels, encoding = compressed_to_array(frame.msg)
-        else:
-            pixels, encoding = frame.pixels, frame.encoding
-        decode_ms = (time.perf_counter() - start) * 1e3
-        at_network = self.settings.output_resolution == 'network'
-        output_size = self.segmenter.input_size if at_network else None
-        label_map = self.segmenter.segment(pixels, encoding, output_size)
-        timings = self.segmenter.timings
-        header = frame.msg.header
-        self.label_map_pub.publish(label_map_to_image(label_map, header))
-        latency = {'preprocess': decode_ms + timings.preprocess_ms,
-                   'inference': timings.inference_ms, 'postprocess': timings.postprocess_ms,
-                   'total': decode_ms + timings.total_ms}
-        # Pipeline latency on the node's clock: bag time under use_sim_time. Skipped for
-        # unstamped images and before the first /clock message (sim time still 0).
-        stamp = Time.from_msg(header.stamp)
-        now = self.get_clock().now()
-        if stamp.nanoseconds > 0 and now.nanoseconds > 0:
-            latency['pipeline'] = (now - stamp).nanoseconds / 1e6
-        info = self._camera_info
-        if at_network and info is not None:
-            height, width = label_map.shape
-            self.label_map_info_pub.publish(scaled_camera_info(info, width, height, header))
-        self._publish_colour(label_map, pixels, encoding, header)
-        latency['node'] = (time.monotonic() - frame.received) * 1e3
-        self.health.record_frame(time.monotonic(), latency)
-
-    def _publish_colour(self, label_map: np.ndarray, pixels: np.ndarray, encoding: str,
-                        header) -> None:
-        want_mask = self.color_mask_pub.get_subscription_count() > 0
-        want_overlay = self.overlay_pub.get_subscription_count() > 0
+    def _publish_colour(self, camera: Camera, label_map: np.ndarray, pixels: np.ndarray,
+                        encoding: str, header) -> None:
+        want_mask = camera.wanted('color_mask')
+        want_overlay = camera.wanted('overlay')
         if not (want_mask or want_overlay):
             return
         colour = self.palette[label_map]
         if want_mask:
-            self.color_mask_pub.publish(array_to_image(colour, 'rgb8', header))
-            self.health.record_output('color_mask')
+            camera.publishers['color_mask'].publish(array_to_image(colour, 'rgb8', header))
+            camera.health.record_output('color_mask')
         if want_overlay:
             rgb = to_rgb(pixels, encoding)
             if rgb.shape[:2] != label_map.shape:
@@ -372,50 +651,100 @@ class SegmentationNode(Node):
                                  interpolation=cv2.INTER_AREA)
             alpha = self.settings.overlay_alpha
             blend = cv2.addWeighted(rgb, 1.0 - alpha, colour, alpha, 0.0)
-            self.overlay_pub.publish(array_to_image(blend, 'rgb8', header))
-            self.health.record_output('overlay')
+            camera.publishers['overlay'].publish(array_to_image(blend, 'rgb8', header))
+            camera.health.record_output('overlay')
 
     # -- reporting --------------------------------------------------------------------------
 
     def class_info(self) -> dict:
         """Return the ``~/class_info`` content: model, class names, palette, encoding."""
+        num_classes = self.segmenter.num_classes
         return {'model': self.settings.model, 'classes': self.class_names,
-                'palette': self.palette[:self.segmenter.num_classes].tolist(),
-                'label_map_encoding': 'mono8' if self.segmenter.num_classes <= 256
-                else 'mono16'}
+                'palette': self.palette[:num_classes].tolist(),
+                'label_map_encoding': 'mono8' if num_classes <= 256 else 'mono16',
+                'cameras': {c.name or 'image': c.prefix for c in self.cameras}}
 
     def publish_diagnostics(self) -> None:
-        """Publish the node's status on ``/diagnostics``."""
+        """Publish one status per camera on ``/diagnostics``."""
         settings = self.settings
-        height, width = self.segmenter.input_size
-        fixed = [('model', settings.model), ('backend', self.segmenter.backend_name),
-                 ('device', settings.device), ('precision', settings.precision),
-                 ('network_size', f'{height}x{width}'), ('input_topic', self.input_topic),
-                 ('input_transport', settings.input_transport),
-                 ('output_resolution', settings.output_resolution),
-                 ('backend_failures', str(self.backend_failures)),
-                 ('backend_switches', str(self.backend_switches))]
-        status = self.health.status(time.monotonic(), self.slot.counters(),
-                                    f'{self.get_fully_qualified_name()}: segmentation',
-                                    f'{settings.device}@{socket.gethostname()}', fixed)
-        array = DiagnosticArray(status=[status])
+        now = time.monotonic()
+        segmenter = self.segmenter
+        statuses = []
+        for camera in self.cameras:
+            name = self.get_fully_qualified_name() + (f'/{camera.name}' if camera.name else '')
+            fixed = [('model', settings.model),
+                     ('backend', segmenter.backend_name if segmenter else ''),
+                     ('device', getattr(segmenter, 'device', settings.device)
+                      if segmenter else settings.device),
+                     ('precision', getattr(segmenter, 'precision', settings.precision)
+                      if segmenter else settings.precision),
+                     ('network_size', 'x'.join(map(str, segmenter.input_size))
+                      if segmenter else ''),
+                     ('camera', camera.name), ('input_topic', camera.input_topic),
+                     ('camera_info_topic', camera.info_topic),
+                     ('input_transport', settings.input_transport),
+                     ('output_resolution', settings.output_resolution),
+                     ('lifecycle_state', self.state),
+                     ('latency_budget_source',
+                      'parameter' if settings.latency_budget_ms else 'auto'),
+                     ('backend_failures', str(self.backend_failures)),
+                     ('backend_switches', str(self.backend_switches))]
+            if self.state == 'active':
+                camera.health.publishers = self._publishers_of(camera.input_topic)
+                self._log_silence(camera, now)
+            status = camera.health.status(now, self.gate.slots[camera.index].counters(),
+                                          f'{name}: segmentation',
+                                          f'{settings.device}@{socket.gethostname()}', fixed)
+            if self.state != 'active':
+                status.level, status.message = self._idle_status()
+            statuses.append(status)
+        array = DiagnosticArray(status=statuses)
         array.header.stamp = self.get_clock().now().to_msg()
         self.diagnostics_pub.publish(array)
+
+    def _idle_status(self):
+        from diagnostic_msgs.msg import DiagnosticStatus
+        if self.configure_error:
+            return DiagnosticStatus.ERROR, f'configure failed: {self.configure_error}'
+        if self.state == 'inactive':
+            return DiagnosticStatus.OK, 'inactive: model loaded, not subscribed'
+        return DiagnosticStatus.OK, f'{self.state}: waiting for configure'
+
+    def _publishers_of(self, topic: str) -> List[str]:
+        try:
+            infos = self.get_publishers_info_by_topic(topic)
+        except Exception:  # noqa: B902 - the graph may be gone at shutdown
+            return []
+        names = sorted({f"{info.node_namespace.rstrip('/')}/{info.node_name}"
+                        for info in infos})
+        return names
+
+    def _log_silence(self, camera: Camera, now: float) -> None:
+        """Say once per silence which topic gets nothing, and who publishes on it."""
+        level, message = camera.health.judge(now, self.gate.slots[camera.index].counters())
+        if not message.startswith('nothing published on'):
+            self._silence_logged.pop(camera.index, None)
+            return
+        if camera.index not in self._silence_logged:
+            self._silence_logged[camera.index] = now
+            self.get_logger().warning(
+                f'{message} (check the remap, e.g. -r \'~/image:=/camera/image_raw\', '
+                'and that QoS and the Fast DDS profile match)')
 
     def stop(self, timeout: float = 0.5) -> bool:
         """Stop the worker, waiting up to ``timeout`` seconds for the frame it runs.
 
         :returns: whether the worker has finished (``False``: a frame is still running).
         """
-        self.slot.close()
+        self.gate.close()
+        if self._worker is None:
+            return True
         self._worker.join(timeout)
         return not self._worker.is_alive()
 
     def _compressed_topic(self, image_topic: str) -> str:
         # image_transport's convention: <base topic>/compressed, unless remapped explicitly.
-        explicit = self.resolve_topic_name(IMAGE + COMPRESSED_SUFFIX)
-        default = self.resolve_topic_name(IMAGE + COMPRESSED_SUFFIX, only_expand=True)
-        return explicit if explicit != default else image_topic + COMPRESSED_SUFFIX
+        return self._explicit(IMAGE + COMPRESSED_SUFFIX) or image_topic + COMPRESSED_SUFFIX
 
 
 class _RosLogHandler(logging.Handler):
@@ -446,6 +775,14 @@ def _forward_runtime_log(ros_logger) -> None:
     runtime.propagate = False
 
 
+def _return_freed_memory() -> None:
+    """Give the memory freed by a cleanup back to the system (glibc keeps it otherwise)."""
+    try:
+        ctypes.CDLL('libc.so.6').malloc_trim(0)
+    except (OSError, AttributeError):
+        pass                               # not glibc: the allocator decides
+
+
 def _palette(colours, num_classes: int) -> np.ndarray:
     """Return a uint8 ``Nx3`` palette covering every label value (grey for unlisted ids)."""
     rows = max(256, num_classes)
@@ -471,9 +808,15 @@ def main(args: Optional[List[str]] = None) -> int:
               file=sys.stderr)
         return EXIT_PARAMETER
     node = None
-    finished = True
     try:
         node = SegmentationNode()
+        if node.settings.autostart:
+            node.autostarting = True
+            node.trigger_configure()
+            node.autostarting = False
+            if node.startup_error is not None:
+                raise node.startup_error
+            node.trigger_activate()
         rclpy.spin(node)
     except StartupError as exc:
         print(f'{NODE_NAME}: error: {exc}', file=sys.stderr)
@@ -482,17 +825,17 @@ def main(args: Optional[List[str]] = None) -> int:
         pass
     finally:
         if node is not None:
-            finished = node.stop()
+            node.stop()
             node.destroy_node()
         rclpy.try_shutdown()
-    if not finished:
-        # A frame is still inside the backend's native code. Interpreter teardown would
-        # unload libraries under that thread (std::terminate, SIGABRT); the node's outputs
-        # are already closed, so leave without it.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
-    return 0
+    # The node's outputs are closed. Leave without interpreter teardown: with a frame
+    # still inside the backend's native code it would unload libraries under that thread
+    # (std::terminate, SIGABRT), and even when idle, tearing down torch and onnxruntime
+    # took over 2 s of a SIGTERM on a loaded 2-core machine.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(0)
 
 
 if __name__ == '__main__':

@@ -1,4 +1,4 @@
-"""ONNX export: static shape, checked against PyTorch before anything is written.
+"""ONNX export: static image size, checked against PyTorch before anything is written.
 
 The graph takes ``image`` (``1x3xHxW`` float32, normalised RGB as
 :func:`evit_ros.runtime.preprocess.preprocess` makes it) and returns ``logits``

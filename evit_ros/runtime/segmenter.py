@@ -2,7 +2,7 @@
 
 import time
 from dataclasses import dataclass
-from typing import Optional, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -152,3 +152,44 @@ class Segmenter:
         self.timings = Timings((after_pre - start) * 1e3, (after_inf - after_pre) * 1e3,
                                (end - after_inf) * 1e3)
         return label_map
+
+    def segment_batch(self, images: Sequence[np.ndarray], encodings: Sequence[str],
+                      output_sizes: Optional[Sequence[Optional[Tuple[int, int]]]] = None
+                      ) -> List[np.ndarray]:
+        """Return the label maps of several images from one ``Nx3xHxW`` inference.
+
+        Each image is converted and resized on its own (cameras may differ in size and
+        encoding); the network runs once on the stacked batch. Afterwards :attr:`logits`
+        holds the batch's ``NxCxhxw`` logits and :attr:`timings` the whole batch's phases.
+
+        :param images: ``HxW[xC]`` uint8 pixels, one per camera.
+        :param encodings: the encoding of each image (see :meth:`segment`).
+        :param output_sizes: ``(height, width)`` per label map; ``None`` (or a ``None``
+            entry) keeps that image's size.
+        :returns: one label map per image, in order.
+        :raises evit_ros.runtime.image.ImageError: for an image that cannot be segmented.
+        """
+        if len(images) != len(encodings):
+            raise ValueError(f'{len(images)} images but {len(encodings)} encodings')
+        if not images:
+            return []
+        sizes = list(output_sizes) if output_sizes is not None else [None] * len(images)
+        start = time.perf_counter()
+        rgbs = [to_rgb(image, encoding) for image, encoding in zip(images, encodings)]
+        x = np.concatenate([preprocess(rgb, self.input_size) for rgb in rgbs], axis=0)
+        after_pre = time.perf_counter()
+        logits = self.backend.infer(x)
+        after_inf = time.perf_counter()
+        label_maps = []
+        for index, rgb in enumerate(rgbs):
+            size = tuple(sizes[index]) if sizes[index] else rgb.shape[:2]
+            one = logits[index:index + 1]
+            if self.postprocess == 'fast':
+                label_maps.append(bicubic_argmax(one, size))
+            else:
+                label_maps.append(labels_from_logits(one, size))
+        end = time.perf_counter()
+        self.logits = logits
+        self.timings = Timings((after_pre - start) * 1e3, (after_inf - after_pre) * 1e3,
+                               (end - after_inf) * 1e3)
+        return label_maps

@@ -40,7 +40,7 @@ INT8_REFUSAL = ('onnxruntime int8 is not offered: on CPU it measured slower than
                 'far less accurate; use fp32 here, or tensorrt for int8')
 OPTIMIZATION_LEVELS = ('disable', 'basic', 'extended', 'all')
 # Part of every cache key: bump when the exported graph changes for the same inputs.
-_RECIPE = 'evit_ros onnx v1'
+_RECIPE = 'evit_ros onnx v2 (dynamic batch)'
 
 
 def cache_root() -> Path:
@@ -85,9 +85,9 @@ class OnnxRuntimeBackend(Backend):
         for fp16).
     :param threads: intra-op threads; 0 lets ONNX Runtime use one per physical core.
     :param onnx_file: run this ONNX file instead of exporting ``model``; its input must be
-        ``1x3xHxW`` float32 at ``input_size`` (or symbolic), its output ``1xCxhxw`` logits.
-        A prebuilt artifact runs in its own precision (:func:`artifact_precision`), which
-        is what :attr:`precision` then says.
+        ``Nx3xHxW`` float32 (N symbolic or 1) at ``input_size`` (or symbolic), its output
+        ``NxCxhxw`` logits. A prebuilt artifact runs in its own precision
+        (:func:`artifact_precision`), which is what :attr:`precision` then says.
     :param optimization: graph optimisation level: disable, basic, extended or all.
     :param spin: let idle worker threads spin (lower latency on an otherwise idle
         machine, a busy core between frames on a shared one).
@@ -157,6 +157,8 @@ class OnnxRuntimeBackend(Backend):
             self.device = 'cuda:0'
         self.input_name, self.output_name, self.output_shape = self._check_io(
             getattr(getattr(model, 'cfg', None), 'num_classes', None))
+        #: whether the graph's batch axis is symbolic (one run for several images).
+        self.batched = not isinstance(self.session.get_inputs()[0].shape[0], int)
 
     # -- building ------------------------------------------------------------------------
 
@@ -214,7 +216,7 @@ class OnnxRuntimeBackend(Backend):
             return self.path.read_bytes()
         LOG.info('onnxruntime: exporting %s at %dx%d (checked against PyTorch)',
                  self.label, height, width)
-        proto, _ = build_onnx(model, self.input_size)
+        proto, _ = build_onnx(model, self.input_size, dynamic_batch=True)
         if self.path is not None:
             try:
                 # User-only, like the engine folder: a session trusts the file it loads.
@@ -240,12 +242,12 @@ class OnnxRuntimeBackend(Backend):
         fixed = [d if isinstance(d, int) else None for d in shape]
         if fixed[0] not in (None, 1) or fixed[1] not in (None, 3) or \
                 fixed[2] not in (None, height) or fixed[3] not in (None, width):
-            got = 'x'.join(str(d) for d in shape)
+            got = 'x'.join(str(d) if isinstance(d, int) else 'N' for d in shape)
             hint = (f'pass input_size=({fixed[2]}, {fixed[3]})'
                     if fixed[2] and fixed[3] and fixed[:2] in ([1, 3], [None, 3])
                     else 'export it again')
             raise ValueError(f'{where} takes {got} input {image.name!r} but the network '
-                             f'size is 1x3x{height}x{width}: {hint}')
+                             f'size is Nx3x{height}x{width}: {hint}')
         names = [o.name for o in outputs]
         output = outputs[names.index('logits')] if 'logits' in names else outputs[0]
         out_shape = tuple(output.shape)
@@ -260,10 +262,16 @@ class OnnxRuntimeBackend(Backend):
     # -- running -------------------------------------------------------------------------
 
     def infer(self, x: np.ndarray) -> torch.Tensor:
-        """Return fp32 logits (CPU tensor) for one ``1x3xHxW`` float32 input."""
+        """Return fp32 logits (CPU tensor) for an ``Nx3xHxW`` float32 input, N >= 1.
+
+        A graph with a fixed batch of 1 (a user's ``onnx_file``) runs the images one by one.
+        """
         x = np.ascontiguousarray(x, dtype=np.float32)
-        expected = (1, 3) + tuple(self.input_size)
-        if x.shape != expected:
-            raise ValueError(f'onnxruntime: input shape {x.shape}, expected {expected}')
+        expected = (3,) + tuple(self.input_size)
+        if x.ndim != 4 or x.shape[0] < 1 or x.shape[1:] != expected:
+            raise ValueError(f'onnxruntime: input shape {x.shape}, expected '
+                             f'(N, {", ".join(map(str, expected))})')
+        if x.shape[0] > 1 and not self.batched:
+            return torch.cat([self.infer(x[i:i + 1]) for i in range(x.shape[0])])
         logits = self.session.run([self.output_name], {self.input_name: x})[0]
         return torch.from_numpy(logits)

@@ -518,7 +518,8 @@ class TensorRTBuilder(EngineBuilder):
             path = os.path.join(tmp, 'model.onnx')
             LOG.info('tensorrt: exporting the model to ONNX at %dx%d', *self.input_size)
             try:
-                report = export_onnx(self.model, self.input_size, path, check=check)
+                report = export_onnx(self.model, self.input_size, path, check=check,
+                                     dynamic_batch=self.max_batch > 1)
             except ExportError as exc:
                 raise EngineBuildError(f'tensorrt: {exc}') from None
             if check:

@@ -38,6 +38,6 @@ class TorchBackend(Backend):
 
     @torch.inference_mode()
     def infer(self, x: np.ndarray) -> torch.Tensor:
-        """Return fp32 logits for one preprocessed input."""
+        """Return fp32 logits for an ``Nx3xHxW`` preprocessed input (N >= 1)."""
         tensor = torch.from_numpy(x).to(self.device, self.dtype)
         return self.model(tensor).float()

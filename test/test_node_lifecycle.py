@@ -1,0 +1,85 @@
+"""The node as a managed lifecycle node, driven from this process through its real
+``~/change_state`` and ``~/get_state`` services over DDS."""
+
+import os
+import time
+
+import numpy as np
+import pytest
+from conftest import require_shared
+from ros_harness import Session, TIMEOUT
+
+PARAMS = {'backend': 'torch', 'network_height': 512, 'network_width': 1024,
+          'autostart': False, 'diagnostics_period': 0.2, 'latency_budget_ms': 100000.0}
+WEIGHTS = 'efficientvit_seg_b0_cityscapes.pt'
+
+
+def test_transitions_outputs_memory_and_a_failed_configure_retried(tmp_path):
+    """Unconfigured -> (configure fails: no weights) -> configure -> activate -> deactivate
+    -> cleanup -> shutdown, checking outputs and memory at each step."""
+    official = require_shared('weights', WEIGHTS)
+    weights_dir = tmp_path / 'weights'
+    weights_dir.mkdir()
+    session = Session(PARAMS, tmp_path, weights_dir)
+    client = session.client
+    frame = np.random.default_rng(0).integers(0, 255, (64, 128, 3), dtype=np.uint8)
+    try:
+        assert client.get_state(timeout=TIMEOUT) == 'unconfigured'
+        # A missing checkpoint: the transition fails with the reason, the node stays up.
+        assert client.change_state('configure') is False
+        assert client.get_state() == 'unconfigured'
+        failed = session.status(lambda s: s['message'].startswith('configure failed'),
+                                'the failure on /diagnostics')
+        assert failed['level'] == 2 and 'weights fetch b0-cityscapes' in failed['message']
+        assert 'configure failed: cannot load b0-cityscapes' in session.node.log()
+        assert session.node.proc.poll() is None
+
+        # The user fetches the weights; the next try succeeds.
+        os.symlink(official, weights_dir / WEIGHTS)
+        assert client.change_state('configure') is True
+        assert client.get_state() == 'inactive'
+        configured_mb = session.node.rss_mb()
+        # Inactive: loaded but not subscribed, so nothing comes out.
+        stamp = session.send(frame, wait=False)
+        time.sleep(1.0)
+        assert session.image_pub.get_subscription_count() == 0
+        assert not session.label_maps
+
+        assert client.change_state('activate') is True
+        assert client.get_state() == 'active'
+        session.wait_ready()
+        first = session.warm_up(frame)
+        assert (first.height, first.width) == (64, 128)
+        assert all(m.header.stamp != stamp for m in session.label_maps)
+
+        assert client.change_state('deactivate') is True
+        assert client.get_state() == 'inactive'
+        client.wait_for(lambda: session.image_pub.get_subscription_count() == 0, TIMEOUT,
+                        'the node to unsubscribe')
+        count = len(session.label_maps)
+        session.send(frame, wait=False)
+        time.sleep(1.0)
+        assert len(session.label_maps) == count
+
+        assert client.change_state('cleanup') is True
+        assert client.get_state() == 'unconfigured'
+        freed_mb = configured_mb - session.node.rss_mb()
+        # The model and its 512x1024 warm-up buffers go back to the system.
+        assert freed_mb > 10.0, f'cleanup freed only {freed_mb:.1f} MiB'
+
+        assert client.change_state('unconfigured_shutdown') is True
+        assert client.get_state() == 'finalized'
+    finally:
+        session.close()
+
+
+@pytest.mark.parametrize('autostart', [True])
+def test_autostart_configure_failure_exits_with_one_line(autostart, tmp_path):
+    from ros_harness import next_domain_id, NodeProcess, ros_env
+    env = ros_env(next_domain_id(), EVIT_ROS_CACHE=str(tmp_path),
+                  EVIT_ROS_WEIGHTS_DIR=str(tmp_path))
+    node = NodeProcess({'backend': 'torch', 'autostart': autostart}, env)
+    code = node.proc.wait(120)
+    lines = [line for line in node.log().splitlines() if line.strip()]
+    assert code == 1 and len(lines) == 1, lines
+    assert lines[0].startswith('segmentation_node: error: cannot load b0-cityscapes')
