@@ -373,12 +373,13 @@ def test_preset_is_loaded_before_the_users_params_file(tmp_path, name, user_para
     sources = parameter_sources(node)
     assert sources[:2] == [str(PRESET), str(user_params)]
     assert sources[2]['backend'] == 'torch' and len(sources) == 3
-    # The real rcl parser on that command line: the user's file wins over the preset, the
-    # preset over the node's defaults, the launch arguments over both.
+    # The real rcl parser on that command line (the preset's budget is 0 = auto): the user's
+    # file wins over the preset, the preset over the node's defaults, the launch arguments
+    # over both.
     values = rcl_parameters(node.cmd, ['model', 'network_height', 'network_width',
                                        'latency_budget_ms', 'backend', 'output_resolution'])
     assert values == {'model': 'b0-cityscapes', 'network_height': 256, 'network_width': 512,
-                      'latency_budget_ms': 33.0, 'backend': 'torch',
+                      'latency_budget_ms': 0.0, 'backend': 'torch',
                       'output_resolution': 'network'}
     # Without a preset or params file the node keeps its defaults: only the arguments.
     bare = parameter_sources(the_node(launched(tmp_path, name, **bag)))
@@ -484,7 +485,7 @@ def test_segmentation_launch_node_runs_with_its_parameters(tmp_path, official_we
         assert environ_of(process.proc.pid)['FASTDDS_DEFAULT_PROFILES_FILE'] == str(own_profile)
         assert client.get_parameters(
             ['model', 'network_height', 'network_width', 'latency_budget_ms', 'backend'],
-            node='/front/segmentation_node') == ['b0-cityscapes', 256, 512, 33.0, 'torch']
+            node='/front/segmentation_node') == ['b0-cityscapes', 256, 512, 0.0, 'torch']
         publisher = client.publisher(Image, '/front/image_raw')
         rgb = np.random.default_rng(0).integers(0, 255, (120, 160, 3), np.uint8)
         label_map = send_until_answered(client, publisher, rgb, 'front_camera', label_maps)

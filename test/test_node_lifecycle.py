@@ -38,7 +38,6 @@ def test_transitions_outputs_memory_and_a_failed_configure_retried(tmp_path):
         os.symlink(official, weights_dir / WEIGHTS)
         assert client.change_state('configure') is True
         assert client.get_state() == 'inactive'
-        configured_mb = session.node.rss_mb()
         # Inactive: loaded but not subscribed, so nothing comes out.
         stamp = session.send(frame, wait=False)
         time.sleep(1.0)
@@ -61,9 +60,10 @@ def test_transitions_outputs_memory_and_a_failed_configure_retried(tmp_path):
         time.sleep(1.0)
         assert len(session.label_maps) == count
 
+        loaded_mb = session.node.rss_mb()
         assert client.change_state('cleanup') is True
         assert client.get_state() == 'unconfigured'
-        freed_mb = configured_mb - session.node.rss_mb()
+        freed_mb = loaded_mb - session.node.rss_mb()
         # The model and its 512x1024 warm-up buffers go back to the system.
         assert freed_mb > 10.0, f'cleanup freed only {freed_mb:.1f} MiB'
 

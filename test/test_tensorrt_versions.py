@@ -192,11 +192,16 @@ def test_batch_profile_and_batched_inference(model, tmp_path, artifacts):
         backend.infer(np.concatenate([x, x[:1]]))
 
 
-def test_max_batch_needs_a_dynamic_batch_axis(model, tmp_path):
-    # 8.6 parses the plain export, whose batch is fixed at 1.
-    with pytest.raises(EngineBuildError, match='fixed batch of 1, so max_batch 2 needs an '
-                                               'export with a dynamic batch axis'):
-        build(model, '8.6.1', tmp_path, 'fp32', max_batch=2)
+def test_max_batch_on_8x_exports_a_dynamic_batch_axis(model, tmp_path):
+    # 8.6 parses the plain fp32 export: asked for batches, it exports a dynamic batch axis and
+    # builds the same profile as the artifact path.
+    backend, trt = build(model, '8.6.1', tmp_path, 'fp32', max_batch=2)
+    [record] = trt.builds
+    assert record['profiles'] == [{'image': ((1, 3) + SIZE, (1, 3) + SIZE, (2, 3) + SIZE)}]
+    x = np.random.default_rng(0).standard_normal((2, 3) + SIZE).astype(np.float32)
+    logits = backend.infer(x).numpy()
+    assert logits.shape == (2, 19, 8, 16)
+    assert float(np.abs(logits - torch_logits(model, x)).max()) < 1e-3
 
 
 def test_engine_key_is_the_same_for_build_and_lookup(model, tmp_path, artifacts):

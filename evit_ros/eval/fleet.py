@@ -276,6 +276,9 @@ class _FrameCounter:
         if self.on_frames:
             self.on_frames(count)
 
+    def restart(self, start: Optional[float] = None) -> None:
+        """Nothing to do: the fleet's own bar times the whole run, not one bag."""
+
 
 def _replay_options(path, settings: FleetSettings):
     from evit_ros.eval.replay import ReplayOptions
