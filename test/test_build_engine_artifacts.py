@@ -162,3 +162,22 @@ def test_backend_refuses_an_artifact_of_another_precision_or_version(fp16_artifa
         TensorRTBackend.with_toolchain(make_tensorrt('8.6.1', memory), memory, None,
                                        (64, 128), precision='fp16', artifact=fp16_artifact,
                                        engine_dir=str(tmp_path))
+
+
+def test_an_official_artifact_gets_the_key_of_the_same_build_from_the_model(
+        official_weights, tmp_path, monkeypatch, capsys):
+    stand_in(monkeypatch, '11.4.0.106')
+    artifact = tmp_path / 'b0_fp16.onnx'
+    size = ['--height', '64', '--width', '128']
+    assert main(['export', '--model', 'b0-cityscapes', '--precision', 'fp16', '-o',
+                 str(artifact)] + size) == 0
+    capsys.readouterr()
+    build = ['build-engine', '--model', 'b0-cityscapes']
+    assert main(build + ['--artifact', str(artifact), '--engine-dir',
+                         str(tmp_path / 'given')]) == 0
+    given = capsys.readouterr().out.split()[0]
+    assert main(build + size + ['--precision', 'fp16', '--engine-dir',
+                                str(tmp_path / 'made')]) == 0
+    made = capsys.readouterr().out.split()[0]
+    assert given.rsplit('/', 1)[1] == made.rsplit('/', 1)[1]
+    assert given != made
