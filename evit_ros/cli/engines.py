@@ -3,14 +3,16 @@
 ``build-engine`` is the robot's "build only" step: it builds (or validates) the engine the
 node will load, so the node starts in seconds instead of blocking on a build. On TensorRT
 >= 10 it first makes the precision's ONNX artifact (int8: calibrated on ``--calib`` once,
-there) and compiles that; the printed engine path is what the node's ``engine`` parameter and
-replay's ``--engine`` take.
+there; scored on CamVid frames with ``--check-data``) and compiles that, or compiles the
+prebuilt ``--artifact`` of ``evit-ros export``; the printed engine path is what the node's
+``engine`` parameter and replay's ``--engine`` take.
 """
 
 import argparse
 import sys
 
 from evit_ros.cli import CommandError, log_runtime_to_stderr
+from evit_ros.cli.check_data import add_check_args, labelled_checks
 from evit_ros.model import check_input_size
 from evit_ros.model.registry import get_entry, MODELS, UnknownModelError
 # The engine cache imports torch: loaded inside the commands, so --help stays fast.
@@ -35,13 +37,19 @@ def register(subparsers) -> None:
     build.add_argument('--height', type=int, help='network input height (multiple of 32; '
                                                   'default the model\'s)')
     build.add_argument('--width', type=int, help='network input width (multiple of 32)')
-    build.add_argument('--precision', choices=PRECISIONS, default='fp16',
-                       help='engine precision (default fp16)')
+    build.add_argument('--precision', choices=PRECISIONS,
+                       help="engine precision (default fp16, or the --artifact's)")
     build.add_argument('--calib', metavar='DIR|BAG',
                        help='int8: folder of images or rosbag2 bag to calibrate on')
     build.add_argument('--calib-topic', help='image topic of the calibration bag')
     build.add_argument('--calib-images', type=int, default=None,
                        help='most calibration frames used (default 100)')
+    add_check_args(build, 'keep an artifact that misses its mIoU/agreement bound (its '
+                          'sidecar records it)')
+    build.add_argument('--artifact', metavar='FILE.onnx',
+                       help='compile this artifact of `evit-ros export --precision ...` '
+                            '(TensorRT >= 10; precision and size from its sidecar) instead '
+                            'of making one; copied beside the engine')
     build.add_argument('--workspace-mb', type=int, default=None,
                        help='TensorRT builder workspace limit in MiB (default 1024; lower it '
                             'when a Jetson runs out of memory)')
@@ -80,13 +88,16 @@ def _build_engine(args) -> int:
         entry = get_entry(args.model)
     except UnknownModelError as exc:
         raise CommandError(str(exc)) from None
+    if args.artifact:
+        _take_from_artifact(args, entry)
+    args.precision = args.precision or 'fp16'
     height = args.height or entry.input_size[0]
     width = args.width or entry.input_size[1]
     try:
         check_input_size(height, width)
     except ValueError as exc:
         raise CommandError(str(exc)) from None
-    if args.precision == 'int8' and not args.calib:
+    if args.precision == 'int8' and not args.calib and not args.artifact:
         raise CommandError('int8 needs calibration data: pass --calib DIR (images) or '
                            '--calib BAG (a rosbag2 bag)')
     if args.calib and args.precision != 'int8':
@@ -101,21 +112,25 @@ def _build_engine(args) -> int:
             'build-engine needs an NVIDIA GPU with TensorRT (8.5, 8.6, 10.x or 11.x) and '
             'cuda-python or pycuda; ' + missing[len('tensorrt: '):]
             + '. Without a GPU, run the model on the CPU with onnxruntime instead')
+    checks = None if args.artifact else labelled_checks(args, entry)
     log_runtime_to_stderr()
     from evit_ros.model import CheckpointError, create_model
     from evit_ros.runtime.backends import BackendUnavailable
     from evit_ros.weights import WeightsNotFound
     weights = None if args.weights == 'none' else args.weights
-    try:
-        model = create_model(entry.name, weights=weights)
-    except (CheckpointError, WeightsNotFound) as exc:
-        raise CommandError(str(exc)) from None
+    model = None  # an artifact is compiled as it is: no weights read
+    if not args.artifact:
+        try:
+            model = create_model(entry.name, weights=weights)
+        except (CheckpointError, WeightsNotFound) as exc:
+            raise CommandError(str(exc)) from None
     try:
         backend = TensorRTBackend(
             model, (height, width), device=args.device, precision=args.precision,
             engine_dir=args.engine_dir, workspace_mb=args.workspace_mb or DEFAULT_WORKSPACE_MB,
             calib=args.calib, calib_topic=args.calib_topic, calib_images=args.calib_images,
-            rebuild=args.rebuild, entry=entry, weights=weights, max_batch=args.max_batch)
+            rebuild=args.rebuild, entry=entry, weights=weights, max_batch=args.max_batch,
+            artifact_checks=checks, artifact=args.artifact)
     except BackendUnavailable as exc:
         raise CommandError(str(exc)) from None
     state = 'built' if backend.built else 'already cached and valid'
@@ -123,6 +138,29 @@ def _build_engine(args) -> int:
           f'to {backend.max_batch}, TensorRT {backend.key.tensorrt_version}, '
           f'{backend.key.gpu_name})')
     return 0
+
+
+def _take_from_artifact(args, entry) -> None:
+    """Set precision and size from ``--artifact``'s sidecar; refuse flags that contradict it."""
+    for flag, value in (('--calib', args.calib), ('--check-data', args.check_data)):
+        if value:
+            raise CommandError(f'{flag} does not apply with --artifact: the artifact was '
+                               'calibrated and checked when it was exported')
+    from evit_ros.runtime.artifact import ArtifactError, read_artifact_info
+    try:
+        info = read_artifact_info(args.artifact)
+    except ArtifactError as exc:
+        raise CommandError(str(exc)) from None
+    made_height, made_width = info['input_size']
+    for flag, asked, made in (('--model', args.model, info.get('model') or args.model),
+                              ('--precision', args.precision, info['precision']),
+                              ('--height', args.height, made_height),
+                              ('--width', args.width, made_width)):
+        if asked is not None and asked != made:
+            raise CommandError(f'{flag} {asked} does not match the artifact {args.artifact} '
+                               f'({info["model"]}, {info["precision"]}, {made_height}x'
+                               f'{made_width}); drop {flag} or export the artifact again')
+    args.precision, args.height, args.width = info['precision'], made_height, made_width
 
 
 def _list(args) -> int:

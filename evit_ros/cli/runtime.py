@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 from evit_ros.cli import CommandError, log_runtime_to_stderr
+from evit_ros.cli.check_data import add_check_args, labelled_checks
 from evit_ros.model.registry import get_entry, MODELS, UnknownModelError
 
 BACKENDS = ('torch', 'onnxruntime', 'tensorrt', 'auto')
@@ -34,14 +35,8 @@ def register(subparsers) -> None:
                              '(default 32)')
     export.add_argument('--calib-topic', metavar='TOPIC',
                         help="int8: the bag's image topic (default its only one)")
-    export.add_argument('--check-data', metavar='DIR',
-                        help='labelled CamVid val data (DIR/val + DIR/valannot) to check the '
-                             "artifact's mIoU against fp32 on; without it mIoU is not checked")
-    export.add_argument('--check-frames', type=int, metavar='N',
-                        help='check on N frames of --check-data spread evenly (default all)')
-    export.add_argument('--force', action='store_true',
-                        help='write the artifact even when it misses its mIoU/agreement '
-                             'bound (the sidecar records it)')
+    add_check_args(export, 'write the artifact even when it misses its mIoU/agreement '
+                           'bound (the sidecar records it)')
     export.add_argument('--opset', type=int, default=17, help='ONNX opset (default 17)')
     export.add_argument('--upsample', choices=('matmul', 'resize'), default='matmul',
                         help='head upsampling as constant matmuls (default: fast, and '
@@ -123,7 +118,7 @@ def _read_rgb(path: str):
 
 
 def _export(args) -> int:
-    from evit_ros.runtime.artifact import ArtifactChecks, ArtifactError, PRECISIONS
+    from evit_ros.runtime.artifact import ArtifactError, PRECISIONS
     if args.precision not in PRECISIONS:
         raise CommandError(f'unknown precision {args.precision!r}; choose one of '
                            f'{", ".join(PRECISIONS)}')
@@ -137,11 +132,8 @@ def _export(args) -> int:
         if value is not None and value < 1:
             raise CommandError(f'{flag} must be >= 1, got {value}')
     entry, weights, size = _network(args)
-    if args.check_data and entry.dataset.lower() != 'cityscapes':
-        raise CommandError(f'--check-data scores on CamVid through the Cityscapes classes; '
-                           f'{entry.name} predicts {entry.dataset} classes')
-    checks = ArtifactChecks(labelled=_check_data(args), force=args.force,
-                            image=_read_rgb(args.image) if args.image else None)
+    checks = labelled_checks(args, entry,
+                             _read_rgb(args.image) if args.image else None) or True
     calibration = _calibration(args, size)
     model = _load_model(entry, weights)
     from evit_ros.runtime.artifact import export_artifact
@@ -188,16 +180,6 @@ def artifact_summary(path, info) -> str:
         lines.append(f'  calibrated on {cal["frames"]} frames of {cal["source"]}')
     lines.append(f'  sidecar: {path}.json')
     return '\n'.join(lines)
-
-
-def _check_data(args):
-    if not args.check_data:
-        return None
-    from evit_ros.eval.labelled_images import LabelledDataError, LabelledImages
-    try:
-        return LabelledImages.camvid(args.check_data, frames=args.check_frames)
-    except LabelledDataError as exc:
-        raise CommandError(str(exc)) from None
 
 
 def _calibration(args, size):

@@ -45,7 +45,7 @@ OPTIONS = {
                               'entry', 'weights'}),
     'tensorrt': frozenset({'engine_dir', 'workspace_mb', 'calib', 'calib_topic',
                            'calib_images', 'rebuild', 'entry', 'weights', 'engine_cache',
-                           'engine', 'max_batch'}),
+                           'engine', 'max_batch', 'artifact_checks', 'artifact'}),
 }
 #: backends that run a prebuilt file, and the option naming it.
 PREBUILT_OPTION = {'tensorrt': 'engine', 'onnxruntime': 'onnx_file'}

@@ -31,10 +31,12 @@ the same code (:meth:`TensorRTBackend.with_toolchain`). TensorRT and a CUDA bind
 """
 
 import inspect
+import json
 import logging
 import os
 from pathlib import Path
 import re
+import shutil
 import tempfile
 import threading
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -135,6 +137,47 @@ def engine_key(model_name: str, weights_digest: str, input_size: Tuple[int, int]
         tensorrt_version=environment['tensorrt_version'], gpu_name=environment['gpu_name'],
         compute_capability=environment['compute_capability'],
         build_settings=(('recipe', BUILD_RECIPE), ('typing', typing)))
+
+
+def given_artifact(path, precision: str, input_size) -> Tuple[Path, dict]:
+    """Return ``(path, sidecar)`` of a prebuilt artifact checked to fit the engine asked for.
+
+    :raises BackendUnavailable: one line when the artifact or its sidecar is unusable, or its
+        precision or input size is not the one asked for.
+    """
+    from evit_ros.runtime.artifact import ArtifactError, read_artifact_info
+    path = Path(path).expanduser()
+    try:
+        info = read_artifact_info(path)
+    except ArtifactError as exc:
+        raise BackendUnavailable(f'tensorrt: {exc}') from None
+    made = (info.get('precision'), tuple(info.get('input_size') or ()))
+    asked = (precision, tuple(int(v) for v in input_size))
+    if made != asked:
+        raise BackendUnavailable(
+            f'tensorrt: artifact {path} is {made[0]} at {"x".join(map(str, made[1]))}, not '
+            f'the {asked[0]} at {asked[1][0]}x{asked[1][1]} asked for; export it again or '
+            'ask for what it is')
+    return path, info
+
+
+def unscored(artifact: Path, checks) -> bool:
+    """Return whether labelled ``checks`` were asked for and ``artifact`` has no mIoU yet."""
+    if checks is None or getattr(checks, 'labelled', None) is None or not artifact.is_file():
+        return False
+    from evit_ros.runtime.artifact import sidecar_path
+    try:
+        info = json.loads(sidecar_path(artifact).read_text())
+        return (info.get('checks') or {}).get('camvid_miou') is None
+    except (OSError, ValueError, AttributeError):
+        return True
+
+
+def _sidecar_sha256(side: Path) -> Optional[str]:
+    try:
+        return json.loads(side.read_text()).get('sha256')
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def explain_build_failure(messages: Sequence[str], workspace_mb: int) -> str:
@@ -326,17 +369,26 @@ class TensorRTBuilder(EngineBuilder):
         reused when it is already there, so int8 calibration happens once.
     :param calibration: int8 on 8.x: the entropy calibrator's data; on >= 10: the data the
         int8 artifact is made from (only when it does not exist yet).
+    :param artifact_checks: what a newly made artifact is checked on (an
+        :class:`~evit_ros.runtime.artifact.ArtifactChecks`); ``None``: the default checks
+        (finite and agreement on a black and a synthetic frame, no mIoU).
+    :param artifact_given: the artifact at ``artifact_path`` was given (``build-engine
+        --artifact``): compile it as it is, never make it again.
     """
 
     def __init__(self, trt, memory, model: nn.Module, input_size: Tuple[int, int],
                  precision: str, workspace_mb: int, max_batch: int = 1,
                  calibration=None, calibration_cache: Optional[Path] = None,
-                 artifact_path: Optional[Path] = None, entry=None):
+                 artifact_path: Optional[Path] = None, entry=None, artifact_checks=None,
+                 artifact_given: bool = False):
         self.trt, self.memory, self.model = trt, memory, model
         self.input_size, self.precision = tuple(input_size), precision
         self.workspace_mb, self.max_batch = int(workspace_mb), int(max_batch)
         self.calibration, self.calibration_cache = calibration, calibration_cache
         self.artifact_path, self.entry = artifact_path, entry
+        self.artifact_checks, self.artifact_given = artifact_checks, artifact_given
+        #: make the artifact again even when one is there (it was never scored on frames).
+        self.remake_artifact = False
         self.typing = typing_of(trt)
         self.logger = make_logger(trt)
         self.status = BuildStatus()
@@ -481,13 +533,16 @@ class TensorRTBuilder(EngineBuilder):
         path = self.artifact_path
         if path is None:
             raise EngineBuildError('tensorrt: no place for the ONNX artifact was given')
-        if path.is_file():
+        if (path.is_file() and not self.remake_artifact) or self.artifact_given:
             try:
                 self.artifact_info = read_artifact_info(path)
                 LOG.info('tensorrt: compiling the existing %s artifact %s', self.precision,
                          path)
                 return path.read_bytes()
             except Exception as exc:  # damaged or foreign: make it again
+                if self.artifact_given:
+                    raise EngineBuildError(f'tensorrt: cannot compile the given artifact '
+                                           f'{path}: {exc}') from None
                 LOG.warning('tensorrt: cannot reuse the artifact %s (%s); making it again',
                             path, exc)
         LOG.info('tensorrt: making the %s ONNX artifact %s', self.precision, path)
@@ -495,7 +550,8 @@ class TensorRTBuilder(EngineBuilder):
             self.artifact_info = export_artifact(
                 self.model, self.input_size, self.precision, path,
                 calibration=self.calibration if self.precision == 'int8' else None,
-                entry=self.entry)
+                entry=self.entry,
+                checks=True if self.artifact_checks is None else self.artifact_checks)
         except Exception as exc:  # the artifact's own errors say what failed
             raise EngineBuildError(f'tensorrt: cannot make the {self.precision} ONNX '
                                    f'artifact: {exc}') from None
@@ -546,6 +602,13 @@ class TensorRTBackend(Backend):
     :param engine_cache: an :class:`EngineCache` to use instead of one on ``engine_dir``.
     :param engine: a prebuilt engine file to run as it is: no build, no calibration.
     :param max_batch: largest batch one inference takes (the engine's profile 1..max_batch).
+    :param artifact_checks: what the precision's artifact is checked on when it is made
+        (TensorRT >= 10): an :class:`~evit_ros.runtime.artifact.ArtifactChecks`, e.g. with
+        CamVid frames so its sidecar and ``engines list`` carry the CPU mIoU; ``None``: the
+        default checks (no mIoU).
+    :param artifact: a prebuilt ONNX artifact (``evit-ros export --precision ...``) to compile
+        instead of making one (TensorRT >= 10); its precision and input size must be the
+        ones asked for. It is copied beside the engine in the cache.
     :raises BackendUnavailable: when TensorRT, CUDA or a GPU is missing, or the build fails.
     """
 
@@ -560,11 +623,12 @@ class TensorRTBackend(Backend):
                  calib_topic: Optional[str] = None, calib_images: Optional[int] = None,
                  rebuild: bool = False, entry=None, weights=None,
                  engine_cache: Optional[EngineCache] = None, engine: Optional[str] = None,
-                 max_batch: int = 1):
+                 max_batch: int = 1, artifact_checks=None, artifact: Optional[str] = None):
         options = dict(engine_dir=engine_dir, workspace_mb=workspace_mb, calib=calib,
                        calib_topic=calib_topic, calib_images=calib_images, rebuild=rebuild,
                        entry=entry, weights=weights, engine_cache=engine_cache, engine=engine,
-                       max_batch=max_batch)
+                       max_batch=max_batch, artifact_checks=artifact_checks,
+                       artifact=artifact)
         self._check_settings(input_size, device, precision, options)
         try:
             trt = import_tensorrt()
@@ -619,6 +683,12 @@ class TensorRTBackend(Backend):
             if not path.is_file():
                 raise BackendUnavailable(f'tensorrt: engine file {path} does not exist; '
                                          'build one with `evit-ros build-engine`')
+            if options['artifact']:
+                raise BackendUnavailable('tensorrt: give a prebuilt engine or an artifact to '
+                                         'compile, not both')
+        elif options['artifact']:
+            self._given_artifact = given_artifact(options['artifact'], precision,
+                                                  input_size)
         elif precision == 'int8' and not options['calib']:
             raise BackendUnavailable('tensorrt: int8 needs calibration data: pass a folder '
                                      'of images or a rosbag2 bag (--calib), or a prebuilt '
@@ -640,7 +710,9 @@ class TensorRTBackend(Backend):
         self.cache = options['engine_cache'] or EngineCache(options['engine_dir'])
         builder = TensorRTBuilder(trt, memory, model, self.input_size, self.precision,
                                   int(options['workspace_mb']), self.max_batch,
-                                  entry=options['entry'])
+                                  entry=options['entry'],
+                                  artifact_checks=options['artifact_checks'],
+                                  artifact_given=bool(options['artifact']))
         self._builder = builder  # owns the runtime the engine came from
         env = builder.environment()
         if options['engine']:
@@ -672,6 +744,9 @@ class TensorRTBackend(Backend):
 
     def _load_or_build(self, model: nn.Module, builder: TensorRTBuilder, env: dict,
                        options: dict) -> None:
+        if options['artifact']:
+            self._compile_given_artifact(builder, env, options)
+            return
         calibration = None
         if self.precision == 'int8':
             from evit_ros.runtime.calibration import (
@@ -691,8 +766,55 @@ class TensorRTBackend(Backend):
         builder.calibration = calibration
         builder.calibration_cache = self.cache.calibration_path(self.key)
         builder.artifact_path = self.cache.artifact_path(self.key)
+        rebuild = bool(options['rebuild'])
+        if builder.typing == 'strong' and unscored(builder.artifact_path,
+                                                   options['artifact_checks']):
+            LOG.info('tensorrt: the cached artifact %s has no CamVid mIoU; making it again on '
+                     'the labelled frames given', builder.artifact_path.name)
+            builder.remake_artifact = rebuild = True
         try:
-            loaded = self.cache.load(self.key, builder, rebuild=options['rebuild'])
+            loaded = self.cache.load(self.key, builder, rebuild=rebuild)
+        except EngineCacheError as exc:
+            raise BackendUnavailable(f'tensorrt: {exc}') from None
+        self.engine, self.engine_path, self.built = loaded.engine, loaded.path, loaded.built
+
+    def _compile_given_artifact(self, builder: TensorRTBuilder, env: dict,
+                                options: dict) -> None:
+        """Copy the given artifact beside its engine in the cache and compile it there.
+
+        The key comes from the artifact's sidecar (its checkpoint and calibration data), so
+        it is the key of the same build made from the model; a cached engine compiled from
+        other artifact bytes is rebuilt.
+        """
+        if builder.typing != 'strong':
+            raise BackendUnavailable(
+                f'tensorrt {self.trt.__version__}: compiling an artifact needs TensorRT >= '
+                f'{STRONG_TYPING_MAJOR} (strongly typed); on 8.x build from the model instead')
+        source, info = self._given_artifact
+        entry = options['entry']
+        calibration = info.get('calibration') or {}
+        self.key = engine_key(
+            info.get('model') or (entry.name if entry is not None else 'custom'),
+            info.get('checkpoint_sha256') or f'artifact:{info["sha256"]}', self.input_size,
+            self.precision, env, builder.typing, self.max_batch, calibration.get('sha256'))
+        target = self.cache.artifact_path(self.key)
+        rebuild = bool(options['rebuild'])
+        if source.resolve() != target.resolve():
+            from evit_ros.runtime.artifact import sidecar_path
+            same = (target.is_file() and sidecar_path(target).is_file()
+                    and _sidecar_sha256(sidecar_path(target)) == info['sha256'])
+            if not same:
+                try:
+                    self.cache.directory.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(source, target)
+                    shutil.copyfile(sidecar_path(source), sidecar_path(target))
+                except OSError as exc:
+                    raise BackendUnavailable(f'tensorrt: cannot copy the artifact {source} '
+                                             f'into {self.cache.directory}: {exc}') from None
+                rebuild = True  # a cached engine of this key came from other bytes
+        builder.artifact_path = target
+        try:
+            loaded = self.cache.load(self.key, builder, rebuild=rebuild)
         except EngineCacheError as exc:
             raise BackendUnavailable(f'tensorrt: {exc}') from None
         self.engine, self.engine_path, self.built = loaded.engine, loaded.path, loaded.built
