@@ -28,7 +28,7 @@ from evit_ros.model import create_model, get_entry
 from evit_ros.runtime.backends import BackendUnavailable
 from evit_ros.runtime.backends.attention_layers import attention_node_names, trt_network_nodes
 from evit_ros.runtime.backends.tensorrt_backend import (
-    check_version, engine_key, EngineBuildError, TensorRTBackend)
+    check_version, engine_key, TensorRTBackend)
 from evit_ros.runtime.backends.torch_backend import TorchBackend
 from evit_ros.runtime.engine_cache import EngineCache, weights_sha256
 from evit_ros.runtime.export import build_onnx, save_onnx
