@@ -98,11 +98,11 @@ def test_segmenter_label_maps_match_the_torch_pipeline(cityscapes_frame, officia
 
 @pytest.fixture(scope='module')
 def small_onnx(tmp_path_factory):
-    """A random-weight B0 exported at 64x128, and the model."""
+    """A random-weight B0 exported at 64x128 with a batch axis, and the model."""
     torch.manual_seed(0)
     model = create_model('b0-cityscapes')
     path = tmp_path_factory.mktemp('onnx') / 'b0_64x128.onnx'
-    export_onnx(model, (64, 128), path)
+    export_onnx(model, (64, 128), path, dynamic_batch=True)
     return path, model
 
 
