@@ -1,7 +1,6 @@
 """Shared fixtures: where ../shared is, isolated caches and ROS domains per test."""
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -87,11 +86,13 @@ def restore_torch_threads():
     """Undo a test's change of torch's process-wide thread count.
 
     Results of some CPU kernels depend on the thread count, and tests compare label maps
-    computed here with ones computed by node processes at the default count.
+    computed here with ones computed by node processes at the default count. torch is
+    imported here, so the count is known even before the first test that imports it (the
+    package imports torch lazily now: a test that first imported it and set 1 thread left
+    every later test at 1).
     """
-    torch = sys.modules.get('torch')
-    before = torch.get_num_threads() if torch is not None else None
+    import torch
+    before = torch.get_num_threads()
     yield
-    torch = sys.modules.get('torch')
-    if torch is not None and before is not None and torch.get_num_threads() != before:
+    if torch.get_num_threads() != before:
         torch.set_num_threads(before)
