@@ -103,7 +103,11 @@ def local_cluster_run(fleet, fleet_env, tmp_path_factory):
     """The fleet on the default local cluster (two worker processes): (exit code, out)."""
     out = tmp_path_factory.mktemp('local') / 'out'
     with environment(fleet_env):
+        before = dict(os.environ)
         code = evaluate(fleet / 'bags', '--workers', 2, '--out', out)
+        # Dask's nannies write OMP_NUM_THREADS=1 and more into this process's environment;
+        # evaluate gives it back (a node started afterwards ran torch on one thread).
+        assert dict(os.environ) == before
     return code, out
 
 

@@ -127,7 +127,7 @@ class DaskRunner:
         cores = available_cores()
         workers = self.workers or max(1, min(cores, bags))
         self.workers = workers
-        with _workers_ignore_sigint():
+        with _workers_ignore_sigint(), _environment_kept():
             self.cluster = LocalCluster(
                 n_workers=workers, threads_per_worker=1, processes=True, host='127.0.0.1',
                 scheduler_port=0, dashboard_address=None, worker_dashboard_address=None,
@@ -265,6 +265,24 @@ def _workers_ignore_sigint():
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+@contextlib.contextmanager
+def _environment_kept():
+    """Give this process its environment back after Dask has started local workers.
+
+    Dask's nannies run in this process and write their pre-spawn variables
+    (``OMP_NUM_THREADS=1``, ``MKL_NUM_THREADS=1``, ``MALLOC_TRIM_THRESHOLD_``...) into its
+    ``os.environ`` for the workers to inherit. Left there, every process started later
+    (a ``segmentation_node`` from a replay, say) would run torch on one thread and give
+    other label maps than this process.
+    """
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 def _with_threads(settings: FleetSettings, threads: int) -> FleetSettings:
