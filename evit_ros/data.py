@@ -299,18 +299,6 @@ def dataset_dir(dataset: Dataset) -> Path:
     return cache_root() / dataset.name
 
 
-def _private_dir(path: Path) -> None:
-    """Create ``path`` and missing parents, readable by this user only."""
-    if path.is_dir():
-        return
-    _private_dir(path.parent)
-    try:
-        os.mkdir(path, 0o700)
-    except FileExistsError:
-        return
-    os.chmod(path, 0o700)   # mkdir's mode is filtered by the umask
-
-
 def sha256_of(path: Path) -> str:
     """Return the sha256 (hex) of a file."""
     digest = hashlib.sha256()
@@ -379,7 +367,7 @@ def fetch(dataset: Dataset, force: bool = False, notify: Optional[Notify] = None
     failed: Dict[str, str] = {}
     for count, rel in enumerate(todo, 1):
         dest = folder / rel
-        _private_dir(dest.parent)
+        download.private_dir(dest.parent)
         part = dest.with_name(dest.name + '.part')
         try:
             download.download(f'{base}/{rel}', part, max_bytes=MAX_FILE_BYTES)
@@ -447,7 +435,7 @@ def import_dir(dataset: Dataset, source, notify: Optional[Notify] = None) -> Pat
         dest = folder / rel
         if _good(dest, digest):
             continue
-        _private_dir(dest.parent)
+        download.private_dir(dest.parent)
         tmp = dest.with_name(dest.name + '.import')
         shutil.copyfile(root / rel, tmp)
         _install(tmp, dest)

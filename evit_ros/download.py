@@ -62,6 +62,21 @@ class Transfer:
     resumed_from: int
 
 
+def private_dir(path: Path) -> None:
+    """Create ``path`` (and missing parents) readable by this user only (0o700).
+
+    For the caches of weights and data sets; an existing folder is left as it is.
+    """
+    if path.is_dir():
+        return
+    private_dir(path.parent)
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        return
+    os.chmod(path, 0o700)   # mkdir's mode is filtered by the umask
+
+
 def check_url(url: str) -> str:
     """Return ``url`` if it may be fetched: https, or plain http to a loopback host.
 

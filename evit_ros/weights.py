@@ -140,22 +140,10 @@ def hash_source(entry: ModelEntry) -> str:
     return 'recorded' if entry.checkpoint_file in recorded_hashes() else 'unknown'
 
 
-def _private_dir(path: Path) -> None:
-    """Create ``path`` (and missing parents) readable by this user only."""
-    if path.is_dir():
-        return
-    _private_dir(path.parent)
-    try:
-        os.mkdir(path, 0o700)
-    except FileExistsError:
-        return
-    os.chmod(path, 0o700)   # mkdir's mode is filtered by the umask
-
-
 def ensure_cache_dir() -> Path:
     """Return :func:`cache_dir`, created with user-only permissions (0o700)."""
     folder = cache_dir()
-    _private_dir(folder)
+    download.private_dir(folder)
     if folder.stat().st_mode & 0o077 and folder.stat().st_uid == os.getuid():
         os.chmod(folder, 0o700)
     return folder
