@@ -24,6 +24,7 @@ offline stand-in for ``evit-ros weights fetch``, which needs the internet).
 
 import os
 import re
+import secrets
 import shlex
 import shutil
 import signal
@@ -123,10 +124,13 @@ class Shell:
     def __init__(self, root: Path):
         self.root = root
         self.repo = root / REPO.name
-        # A home folder named like a user's (letters, digits, '_'): with an unquoted '~' rcl
+        # A home folder named like a user's (letters and digits): with an unquoted '~' rcl
         # then takes '/tmp/.../user/image:=...' as a valid, silently useless remap, as for
-        # a real user; a '-' in the path would make rcl refuse it loudly instead.
-        self.home = Path(tempfile.mkdtemp(prefix='readme_', dir='/tmp')) / 'user'
+        # a real user; a '-' or a '__' in the path (mkdtemp's names may hold both) would
+        # make rcl refuse it loudly instead.
+        home = Path('/tmp') / f'readme{secrets.token_hex(6)}'
+        home.mkdir(mode=0o700)
+        self.home = home / 'user'
         self.home.mkdir()
         self._copy_tree()
         (root / 'shared').symlink_to(require_shared())
