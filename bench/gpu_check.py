@@ -137,16 +137,23 @@ def ort_cuda_status() -> Tuple[bool, str]:
     return True, ''
 
 
+def per_size(sizes, budget: Budget, check: Callable[[Tuple[int, int]], Dict[str, object]]
+             ) -> Dict[str, object]:
+    """Run ``check(size)`` for each network size while the time budget lasts."""
+    results: Dict[str, object] = {}
+    for size in sizes:
+        name = f'{size[0]}x{size[1]}'
+        results[name] = (check(size) if budget.left() >= 30
+                         else {'skipped': 'time budget spent'})
+    return results
+
+
 def check_torch(model, sizes, runs: int, budget: Budget) -> Dict[str, object]:
     """PyTorch on CUDA, fp32 and fp16, against PyTorch fp32 on the CPU."""
     import torch
     from evit_ros.runtime.backends.torch_backend import TorchBackend
-    results: Dict[str, object] = {}
-    for size in sizes:
-        name = f'{size[0]}x{size[1]}'
-        if budget.left() < 30:
-            results[name] = {'skipped': 'time budget spent'}
-            continue
+
+    def one(size):
         x, source = network_input(size)
         reference = TorchBackend(model, size).infer(x).numpy()
         entry: Dict[str, object] = {'input': source}
@@ -158,27 +165,22 @@ def check_torch(model, sizes, runs: int, budget: Budget) -> Dict[str, object]:
                                           runs)}
             backend = None  # free its GPU copy of the weights before the next precision
             torch.cuda.empty_cache()
-        results[name] = entry
-    return results
+        return entry
+    return per_size(sizes, budget, one)
 
 
 def check_onnxruntime(model, sizes, runs: int, budget: Budget) -> Dict[str, object]:
     """onnxruntime on CUDA against the same exported graph on the CPU."""
     from evit_ros.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
-    results: Dict[str, object] = {}
-    for size in sizes:
-        name = f'{size[0]}x{size[1]}'
-        if budget.left() < 30:
-            results[name] = {'skipped': 'time budget spent'}
-            continue
+
+    def one(size):
         x, source = network_input(size)
-        cpu = OnnxRuntimeBackend(model, size, device='cpu')
-        reference = cpu.infer(x).numpy()
+        reference = OnnxRuntimeBackend(model, size, device='cpu').infer(x).numpy()
         gpu = OnnxRuntimeBackend(model, size, device='cuda')
         logits = gpu.infer(x).numpy()
-        results[name] = {'input': source, 'fp32': {
+        return {'input': source, 'fp32': {
             **parity(logits, reference), **time_it(lambda: gpu.infer(x), lambda: None, runs)}}
-    return results
+    return per_size(sizes, budget, one)
 
 
 def check_tensorrt(model, sizes, runs: int, budget: Budget, calib: Optional[str],
