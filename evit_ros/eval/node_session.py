@@ -261,6 +261,9 @@ class NodeSession:
     def close(self, quick: bool = False) -> None:
         """Stop the node (SIGINT, then SIGTERM, then SIGKILL) and shut down ROS here.
 
+        A killed node cannot delete its DDS participant; its shared-memory segments are
+        removed here (:mod:`evit_ros.ros.shm`).
+
         The node is signalled first and this process's ROS side is shut down while it
         exits. ``quick`` (a replay stopped by Ctrl-C, which must return within 2 s): the
         node gets :data:`QUICK_GRACE_S` to exit, then is killed; every label map it sent is
@@ -282,8 +285,8 @@ class NodeSession:
             if self._thread:
                 self._thread.join(timeout=2.0)
         if running:
-            steps = (((None, QUICK_GRACE_S), (signal.SIGKILL, 3.0)) if quick else
-                     ((None, 5.0), (signal.SIGTERM, 3.0), (signal.SIGKILL, 3.0)))
+            steps = (((None, QUICK_GRACE_S),) if quick else
+                     ((None, 5.0), (signal.SIGTERM, 3.0)))
             for sig, wait in steps:
                 if sig is not None:
                     self._signal(sig)
@@ -292,8 +295,21 @@ class NodeSession:
                     break
                 except subprocess.TimeoutExpired:
                     continue
+            else:
+                self._kill()
         if self._proc:
             self._log.close()
+
+    def _kill(self) -> None:
+        """SIGKILL the node and remove the shared-memory segments it can no longer remove."""
+        from evit_ros.ros.shm import owned_segments, remove_abandoned
+        segments = owned_segments(self._proc.pid)
+        self._signal(signal.SIGKILL)
+        try:
+            self._proc.wait(timeout=3.0)
+        except subprocess.TimeoutExpired:
+            return
+        remove_abandoned(segments)
 
     def _signal(self, sig: int) -> None:
         try:
