@@ -164,11 +164,27 @@ class Shell:
             'LANG': 'C.UTF-8',
             'ROS_DOMAIN_ID': str(domain),
             'ROS_AUTOMATIC_DISCOVERY_RANGE': 'LOCALHOST',
+            # A block that hangs is sent SIGABRT first: every Python process in it then
+            # prints where each of its threads is (see Run.wait).
+            'PYTHONFAULTHANDLER': '1',
         }
 
     def start(self, script: str, domain: int) -> 'Run':
         """Start ``script`` in ``bash -e`` in its own process group."""
         return Run(script, self.repo, self.env(domain))
+
+
+def _group_pids(pgid: int) -> List[int]:
+    """Return the processes in process group ``pgid`` (from /proc)."""
+    pids = []
+    for entry in os.listdir('/proc'):
+        if entry.isdigit():
+            try:
+                if os.getpgid(int(entry)) == pgid:
+                    pids.append(int(entry))
+            except OSError:
+                continue
+    return pids
 
 
 class Run:
@@ -192,9 +208,21 @@ class Run:
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
+            self.dump_stacks()
             self.kill()
             pytest.fail(f'still running after {timeout:.0f} s:\n{self.script}\n'
-                        f'{self.output()}', pytrace=False)
+                        f'{self.output(16000)}', pytrace=False)
+
+    def dump_stacks(self) -> None:
+        """SIGABRT the Python processes of the script (not bash) so that each prints its
+        threads' stacks (``PYTHONFAULTHANDLER``), and give them a moment to do it."""
+        for pid in _group_pids(self.proc.pid):
+            if pid != self.proc.pid:
+                try:
+                    os.kill(pid, signal.SIGABRT)
+                except ProcessLookupError:
+                    pass
+        time.sleep(3.0)
 
     def interrupt(self, timeout: float) -> Optional[int]:
         """Send Ctrl-C to the process group; return the exit code, None if it did not exit."""
