@@ -26,6 +26,8 @@ DIAGNOSTICS_TOPIC = '/diagnostics'
 PROFILE_VARIABLES = ('FASTDDS_DEFAULT_PROFILES_FILE', 'FASTRTPS_DEFAULT_PROFILES_FILE')
 #: Seconds a node stopped by an interrupted replay gets to exit before it is killed.
 QUICK_GRACE_S = 1.0
+#: Longest wait of the spin thread, so that it sees a stop request soon.
+SPIN_PERIOD_S = 0.1
 
 
 class NodeError(RuntimeError):
@@ -109,6 +111,7 @@ class NodeSession:
         self._context = None
         self._executor = None
         self._thread: Optional[threading.Thread] = None
+        self._stopping = threading.Event()
         self._closed = False
         os.environ.update(large_image_environment(os.environ))
         self._start_node(parameters)
@@ -167,8 +170,9 @@ class NodeSession:
 
     def _spin(self) -> None:
         try:
-            self._executor.spin()
-        except Exception:  # shutdown while spinning (ExternalShutdownException and kin)
+            while not self._stopping.is_set():
+                self._executor.spin_once(timeout_sec=SPIN_PERIOD_S)
+        except Exception:  # the context shut down under it (ExternalShutdownException, kin)
             pass
 
     def _on_label_map(self, msg) -> None:
@@ -264,27 +268,31 @@ class NodeSession:
         A killed node cannot delete its DDS participant; its shared-memory segments are
         removed here (:mod:`evit_ros.ros.shm`).
 
-        The node is signalled first and this process's ROS side is shut down while it
-        exits. ``quick`` (a replay stopped by Ctrl-C, which must return within 2 s): the
-        node gets :data:`QUICK_GRACE_S` to exit, then is killed; every label map it sent is
-        already in, and its log is a file it wrote as it went.
+        This process's ROS side goes first, one step at a time from this thread: the spin
+        thread stops, then the subscriptions, the node and the context are destroyed, all
+        while the node is still up and quiet. Only then is the node signalled. (Destroying
+        them from the spin thread while the node was exiting hung about one replay in 30
+        here, inside Fast DDS and holding the GIL, so that no timeout could fire.)
+        ``quick`` (a replay stopped by Ctrl-C, which must return within 2 s): the node gets
+        :data:`QUICK_GRACE_S` to exit, then is killed; every label map it sent is already
+        in, and its log is a file it wrote as it went.
         """
         if self._closed:
             return
         self._closed = True
-        running = self._proc is not None and self._proc.poll() is None
-        if running:
-            self._signal(signal.SIGINT)
         if self._context is not None:
+            self._stopping.set()
+            if self._thread:
+                self._thread.join(timeout=2.0)
             try:
                 self._executor.shutdown(timeout_sec=1.0)
                 self._node.destroy_node()
                 self._context.try_shutdown()
             except Exception:  # already shut down
                 pass
-            if self._thread:
-                self._thread.join(timeout=2.0)
+        running = self._proc is not None and self._proc.poll() is None
         if running:
+            self._signal(signal.SIGINT)
             steps = (((None, QUICK_GRACE_S),) if quick else
                      ((None, 5.0), (signal.SIGTERM, 3.0)))
             for sig, wait in steps:
