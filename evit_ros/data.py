@@ -8,7 +8,6 @@ byte for byte. The cache is ``$EVIT_ROS_CACHE/data/<name>`` (default
 ``~/.cache/evit_ros/data/<name>``), readable by this user only, laid out like the mirror.
 """
 
-import hashlib
 import os
 import shutil
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 from evit_ros import download
+from evit_ros.download import sha256_of
 
 #: Where the CamVid files are fetched from; ``EVIT_ROS_CAMVID_URL`` replaces it (a mirror,
 #: or a local server in tests) and must hold the same ``val/`` and ``valannot/`` layout.
@@ -297,15 +297,6 @@ def cache_root() -> Path:
 def dataset_dir(dataset: Dataset) -> Path:
     """Return the folder the data set is cached in (it may not exist)."""
     return cache_root() / dataset.name
-
-
-def sha256_of(path: Path) -> str:
-    """Return the sha256 (hex) of a file."""
-    digest = hashlib.sha256()
-    with open(path, 'rb') as handle:
-        for block in iter(lambda: handle.read(1 << 20), b''):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _good(path: Path, expected: str) -> bool:

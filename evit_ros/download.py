@@ -6,6 +6,7 @@ the result and moving it into place is the caller's job.
 """
 
 import fcntl
+import hashlib
 import http.client
 import os
 import re
@@ -219,6 +220,15 @@ def download(url: str, part: Path, max_bytes: int = MAX_BYTES,
     if done == 0:
         raise BadResponse(f'{url} sent an empty file')
     return Transfer(done, start)
+
+
+def sha256_of(path, chunk: int = 1 << 20) -> str:
+    """Return the hex sha256 of a file (weights, data sets, artifacts)."""
+    digest = hashlib.sha256()
+    with open(path, 'rb') as handle:
+        for block in iter(lambda: handle.read(chunk), b''):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def fsync_dir(folder: Path) -> None:

@@ -22,7 +22,6 @@ Run ``python test/tensorrt_surface.py`` for the table of the names the backend c
 """
 
 import dis
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -33,6 +32,8 @@ import sys
 import types
 from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 import zipfile
+
+from evit_ros.download import sha256_of
 
 
 class Wheel(NamedTuple):
@@ -85,14 +86,6 @@ def downloads_dir() -> Path:
     return Path(os.environ.get('EVIT_ROS_TEST_DOWNLOADS', default)) / 'tensorrt-bindings'
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, 'rb') as handle:
-        for block in iter(lambda: handle.read(1 << 20), b''):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def fetch_wheel(wheel: Wheel, cache: Path) -> Path:
     """Return the verified file of ``wheel`` in ``cache``, downloading it with pip once.
 
@@ -100,7 +93,7 @@ def fetch_wheel(wheel: Wheel, cache: Path) -> Path:
     """
     path = cache / wheel.filename
     if path.is_file():
-        if _sha256(path) == wheel.sha256:
+        if sha256_of(path) == wheel.sha256:
             return path
         path.unlink()  # damaged or foreign: never hand pip a file to reuse
     cache.mkdir(parents=True, exist_ok=True)
@@ -113,7 +106,7 @@ def fetch_wheel(wheel: Wheel, cache: Path) -> Path:
     if result.returncode != 0 or not path.is_file():
         last = (result.stderr.strip().splitlines() or ['no output'])[-1]
         raise SurfaceUnavailable(f'cannot download {wheel.filename} from PyPI: {last}')
-    if _sha256(path) != wheel.sha256:
+    if sha256_of(path) != wheel.sha256:
         path.unlink()
         raise SurfaceUnavailable(f'{wheel.filename} from PyPI does not match its sha256')
     return path

@@ -197,7 +197,7 @@ def _checkpoint_sha256(entry, weights):
     """Return the sha256 of the checkpoint file the weights come from (None: random)."""
     if weights is None:
         return None
-    from evit_ros.model.checkpoint import sha256_of
+    from evit_ros.download import sha256_of
     if str(weights) == 'official':
         from evit_ros.weights import find_checkpoint
         return sha256_of(str(find_checkpoint(entry)))

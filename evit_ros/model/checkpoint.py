@@ -1,6 +1,5 @@
 """Strict, safe loading of official EfficientViT-Seg checkpoints."""
 
-import hashlib
 import os
 import re
 from typing import Dict, Optional
@@ -8,18 +7,11 @@ from typing import Dict, Optional
 import torch
 from torch import nn
 
+from evit_ros.download import sha256_of  # noqa: F401 - part of this module's API
+
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used: unreadable, corrupt, or for another model."""
-
-
-def sha256_of(path: str, chunk: int = 1 << 20) -> str:
-    """Return the hex sha256 of a file."""
-    digest = hashlib.sha256()
-    with open(path, 'rb') as handle:
-        for block in iter(lambda: handle.read(chunk), b''):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_state_dict(path: str) -> Dict[str, torch.Tensor]:

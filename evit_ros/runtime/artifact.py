@@ -33,6 +33,7 @@ import numpy as np
 from torch import nn
 
 from evit_ros import __version__
+from evit_ros.download import sha256_of
 from evit_ros.runtime.export import (
     BATCH_AXIS, build_onnx, DEFAULT_OPSET, ExportError, INPUT_NAME, OUTPUT_NAME,
     parity_inputs)
@@ -190,7 +191,7 @@ def read_artifact_info(path: Union[str, os.PathLike]) -> Dict[str, Any]:
         raise ArtifactError(f'cannot read sidecar {side}: {exc}') from None
     if not isinstance(info, dict) or info.get('format') != FORMAT:
         raise ArtifactError(f'sidecar {side} is not an evit_ros artifact sidecar ({FORMAT})')
-    digest = _sha256(path)
+    digest = sha256_of(path)
     if info.get('sha256') != digest:
         raise ArtifactError(f'sidecar {side} describes other bytes than {path} (sha256 '
                             f'{str(info.get("sha256"))[:12]} vs {digest[:12]}); export again')
@@ -423,14 +424,6 @@ def _write(artifact, info: Dict[str, Any], path: Path) -> None:
         for tmp in staged:
             if os.path.exists(tmp):
                 os.unlink(tmp)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, 'rb') as handle:
-        for block in iter(lambda: handle.read(1 << 20), b''):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _jsonable(value):

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from evit_ros import __version__
-from evit_ros.model.checkpoint import sha256_of
+from evit_ros.download import sha256_of
 
 try:  # POSIX only; without it concurrent builds are not serialised, nothing else changes.
     import fcntl
