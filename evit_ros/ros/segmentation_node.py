@@ -42,7 +42,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import cv2
 import numpy as np
@@ -138,6 +138,12 @@ class Frame:
     received: float                   # time.monotonic() on arrival
     pixels: Optional[np.ndarray]      # raw images: a view of msg.data; None when compressed
     encoding: str = ''
+
+
+def _checked_compressed(msg: CompressedImage) -> Tuple[None, str]:
+    """Check a compressed image's header cheaply; the worker decodes it off the callback."""
+    check_compressed(msg)
+    return None, ''
 
 
 @dataclass
@@ -339,10 +345,10 @@ class SegmentationNode(LifecycleNode):
         for camera in self.cameras:
             camera.health.restart(now)
             if self.settings.input_transport == 'compressed':
-                callback = self._compressed_callback(camera)
+                callback = self._input_callback(camera, _checked_compressed)
                 kind = CompressedImage
             else:
-                callback = self._image_callback(camera)
+                callback = self._input_callback(camera, image_to_array)
                 kind = Image
             camera.subscriptions = [
                 self.create_subscription(kind, camera.input_topic, callback, qos,
@@ -479,33 +485,24 @@ class SegmentationNode(LifecycleNode):
 
     # -- callbacks: validate and hand over, never block ------------------------------------
 
-    def _image_callback(self, camera: Camera):
+    def _input_callback(self, camera: Camera, accept: Callable):
+        """Return the camera's image callback, which hands accepted frames to its slot.
+
+        ``accept(msg)`` returns ``(pixels, encoding)`` (``(None, '')``: the worker decodes
+        it) or raises :class:`MessageError` for a frame to reject.
+        """
         slot, health = self.gate.slots[camera.index], camera.health
 
-        def on_image(msg: Image) -> None:
+        def on_image(msg) -> None:
             now = time.monotonic()
             health.record_image(now)
             try:
-                pixels, encoding = image_to_array(msg)
+                pixels, encoding = accept(msg)
             except MessageError as exc:
                 self._reject(camera, now, str(exc))
                 return
             slot.put(Frame(msg, now, pixels, encoding))
         return on_image
-
-    def _compressed_callback(self, camera: Camera):
-        slot, health = self.gate.slots[camera.index], camera.health
-
-        def on_compressed(msg: CompressedImage) -> None:
-            now = time.monotonic()
-            health.record_image(now)
-            try:
-                check_compressed(msg)
-            except MessageError as exc:
-                self._reject(camera, now, str(exc))
-                return
-            slot.put(Frame(msg, now, None))
-        return on_compressed
 
     @staticmethod
     def _info_callback(camera: Camera):
