@@ -27,24 +27,23 @@ TOPIC = '/segmentation_node/'
 TIMEOUT = 90.0   # seconds for one frame on a loaded 2-core machine
 PROFILE = REPO / 'config' / 'fastdds_large_images.xml'
 NODE = '/segmentation_node'
-# Started at an offset from the process id (like the reliability range below), so that
-# several developers' targeted pytest runs on one machine rarely share a domain.
-_DOMAINS = itertools.count(os.getpid() * 7)
 
 
-def next_domain_id() -> int:
-    """Return a ROS domain id from this suite's range 20-59, a new one per call."""
-    return 20 + next(_DOMAINS) % 40
+def domain_range(first: int, size: int) -> Callable[[], int]:
+    """Return a function that gives a new ROS domain id from ``first`` .. ``first + size - 1``
+    per call. It starts at an offset from the process id, so that two test processes running
+    at once (developers' targeted runs) rarely share a domain and hear each other."""
+    counter = itertools.count(os.getpid() * 7)
+
+    def next_id() -> int:
+        return first + next(counter) % size
+    return next_id
 
 
-# Started at an offset from the process id, so that two test processes running at once
-# (a developer's targeted runs) are unlikely to share a domain and hear each other.
-_RELIABILITY_DOMAINS = itertools.count(os.getpid() * 7)
-
-
-def reliability_domain_id() -> int:
-    """Return a ROS domain id from 100-139, the reliability tests' range, a new one per call."""
-    return 100 + next(_RELIABILITY_DOMAINS) % 40
+#: This suite's range, 20-59.
+next_domain_id = domain_range(20, 40)
+#: The reliability tests' range, 100-139.
+reliability_domain_id = domain_range(100, 40)
 
 
 def proc_stats(pid: int) -> Dict[str, int]:

@@ -13,8 +13,6 @@
 ROS domains 140-179 (this file's range).
 """
 
-import itertools
-import os
 import signal
 import time
 
@@ -24,18 +22,13 @@ import pytest
 import ros_harness
 import torch
 from conftest import require_shared
-from ros_harness import counts, NodeProcess, ros_env, Session, stamp_ns
+from ros_harness import counts, domain_range, NodeProcess, ros_env, Session, stamp_ns
 
 NETWORK = (128, 256)
 PARAMS = {'network_height': NETWORK[0], 'network_width': NETWORK[1],
           'diagnostics_period': 0.2, 'latency_budget_ms': 100000.0}
 CHECKPOINT = 'efficientvit_seg_b0_cityscapes.pt'
-_DOMAINS = itertools.count(os.getpid() * 7)
-
-
-def domain_id() -> int:
-    """Return a ROS domain from this file's range 140-179."""
-    return 140 + next(_DOMAINS) % 40
+domain_id = domain_range(140, 40)   # this file's range, 140-179
 
 
 @pytest.fixture(autouse=True)

@@ -90,13 +90,6 @@ def test_autostart_configure_failure_exits_with_one_line(autostart, tmp_path):
     assert lines[0].startswith('segmentation_node: error: cannot load b0-cityscapes')
 
 
-def _own_segments(pid: int) -> set:
-    """The Fast DDS shared-memory segments ``pid`` has mapped (ports excluded)."""
-    with open(f'/proc/{pid}/maps') as maps:
-        paths = {line.split()[-1] for line in maps if '/dev/shm/fastdds_' in line}
-    return {p for p in paths if not os.path.basename(p).startswith('fastdds_port')}
-
-
 @pytest.mark.parametrize('autostart, sig', [(True, 'SIGINT'), (False, 'SIGTERM')])
 def test_a_stopped_node_leaves_no_shared_memory_behind(autostart, sig, official_weights):
     """Stopped by Ctrl-C (active) or SIGTERM (unconfigured), the node destroys its DDS
@@ -104,6 +97,7 @@ def test_a_stopped_node_leaves_no_shared_memory_behind(autostart, sig, official_
     gone from /dev/shm. rclpy's lifecycle node kept the participant alive, and every run
     of the node or a node-mode replay left two segments behind."""
     import signal
+    from evit_ros.ros.shm import owned_segments
     from ros_harness import next_domain_id, NodeProcess, ros_env
     node = NodeProcess({'network_height': 64, 'network_width': 128, 'autostart': autostart},
                        ros_env(next_domain_id()))
@@ -113,14 +107,13 @@ def test_a_stopped_node_leaves_no_shared_memory_behind(autostart, sig, official_
         deadline = time.monotonic() + TIMEOUT
         while time.monotonic() < deadline:
             assert node.proc.poll() is None, node.log()
-            if ('listening on' in node.log()) if autostart else _own_segments(node.proc.pid):
+            if ('listening on' in node.log()) if autostart else owned_segments(node.proc.pid):
                 break
             time.sleep(0.2)
         if not autostart:
             time.sleep(3.0)  # the participant comes first, the node's constructor after it
-        # Alone in its domain, the node maps only its own segments.
-        segments = _own_segments(node.proc.pid)
-        assert segments, 'the node maps no Fast DDS segment: is shared memory in use?'
+        segments = owned_segments(node.proc.pid)   # those whose lock the node holds
+        assert segments, 'the node owns no Fast DDS segment: is shared memory in use?'
         assert all(os.path.exists(path) for path in segments)
         code, _ = node.stop(getattr(signal, sig), timeout=TIMEOUT)
         assert code == 0, node.log()

@@ -10,9 +10,7 @@
 """
 
 import importlib.util
-import itertools
 import json
-import os
 from pathlib import Path
 import subprocess
 import sys
@@ -26,17 +24,12 @@ from conftest import require_shared
 from evit_ros.model import create_model
 from evit_ros.runtime import Segmenter
 from evit_ros.runtime.export import build_onnx, save_onnx
-from ros_harness import NodeProcess, ros_env
+from ros_harness import domain_range, NodeProcess, ros_env
 
 REPO = Path(__file__).resolve().parents[1]
 HAVE_TENSORRT = importlib.util.find_spec('tensorrt') is not None
 SIZE = (64, 128)
-_DOMAINS = itertools.count(os.getpid() * 3)
-
-
-def domain_id() -> int:
-    """Return a ROS domain from this file's range 200-219."""
-    return 200 + next(_DOMAINS) % 20
+domain_id = domain_range(200, 20)   # this file's range, 200-219
 
 
 @pytest.fixture(autouse=True)
