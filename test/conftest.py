@@ -81,6 +81,20 @@ def isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv('EVIT_ROS_CACHE', str(tmp_path_factory.mktemp('cache')))
 
 
+@pytest.fixture(scope='module')
+def one_torch_thread():
+    """Run a module's PyTorch single-threaded (``pytest.mark.usefixtures``), then restore.
+
+    Same results, steady times: on a loaded 2-core machine two OpenMP threads wait on each
+    other, and B0 forwards at 128x256 swing from 10 ms to 2 s.
+    """
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def restore_torch_threads():
     """Undo a test's change of torch's process-wide thread count.

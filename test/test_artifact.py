@@ -35,13 +35,8 @@ CHECK_FRAMES = 8
 ENTRY = get_entry('b0-cityscapes')
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_torch_thread():
-    """Run PyTorch single-threaded here: same results, steady times on a loaded machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# PyTorch single-threaded here: same results, steady times on a loaded machine.
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 
 @pytest.fixture(scope='module')

@@ -19,17 +19,8 @@ from evit_ros.runtime.export import build_onnx, export_onnx, ExportError, parity
 SIZES = [(128, 256), (256, 256)]
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_torch_thread():
-    """Run PyTorch single-threaded here: same results, steady times.
-
-    On a loaded 2-core machine its two OpenMP threads wait on each other: B0 forwards at
-    128x256 swing from 10 ms to 2 s.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# PyTorch single-threaded here: same results, steady times on a loaded machine.
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 
 def random_model(name):

@@ -20,13 +20,8 @@ from evit_ros.runtime.export import export_onnx
 from evit_ros.runtime.preprocess import preprocess
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_torch_thread():
-    """Run PyTorch single-threaded here: same results, steady times on a loaded machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# PyTorch single-threaded here: same results, steady times on a loaded machine.
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 
 @pytest.fixture(scope='module')
