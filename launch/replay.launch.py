@@ -6,7 +6,9 @@
 The bag starts playing only once the node is ready: the node is a lifecycle node that
 configures (loads the model, warms up) and activates itself (``autostart``), and activation
 is when it subscribes to the camera. ``ros2 bag play`` is started by the node's transition
-to ``active``, then waits ``delay`` seconds for DDS to match its publishers with the node,
+to ``active``: transition events are not kept for late subscribers, so the node first waits
+(``autostart_listener_timeout``, 10 s here) until this launch's subscription to them is
+discovered. The player then waits ``delay`` seconds for DDS to match its publishers with the node,
 so the first frames of the bag are not lost.
 
 ``ros2 bag play --clock`` publishes ``/clock`` from the recording and the node runs with
@@ -48,8 +50,10 @@ def launch_setup(context, *args, **kwargs):
         parameters.append(_share('config', 'presets', value('preset') + '.yaml'))
     if value('params_file'):
         parameters.append(value('params_file'))
+    # The player starts on the transition to active: the node waits (up to 10 s) until
+    # this launch's transition_event subscription is discovered, so it cannot be missed.
     overrides = {'model': value('model'), 'backend': value('backend'), 'use_sim_time': True,
-                 'autostart': True}
+                 'autostart': True, 'autostart_listener_timeout': 10.0}
     parameters.append({k: v for k, v in overrides.items() if v != ''})
     node = LifecycleNode(
         package=PACKAGE, executable=EXECUTABLE, name='segmentation_node', namespace='',

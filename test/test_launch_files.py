@@ -408,7 +408,8 @@ def test_replay_plays_the_bag_only_when_the_node_is_active(tmp_path):
     node = the_node(context)
     assert isinstance(node.action, launch_standin.LifecycleNode)
     assert [s.action for s in context.started] == [node.action], 'nothing but the node at first'
-    assert parameter_sources(node)[-1] == {'use_sim_time': True, 'autostart': True}
+    assert parameter_sources(node)[-1] == {
+        'use_sim_time': True, 'autostart': True, 'autostart_listener_timeout': 10.0}
     for state in ('unconfigured', 'configuring', 'inactive', 'activating'):
         assert context.transition(node.action, state) == []
     (play,) = context.transition(node.action, 'active')
@@ -539,9 +540,12 @@ def test_replay_launch_node_is_subscribed_once_active(tmp_path, official_weights
     publisher = client.publisher(Image, '/camera/image_raw')
     process = LaunchedNode(node)
     try:
-        active = client.wait_for(lambda: next((e for e in events if e.goal_state.label ==
-                                               'active'), None) or process.proc.poll(),
-                                 TIMEOUT, 'the transition to active')
+        try:
+            active = client.wait_for(lambda: next((e for e in events if e.goal_state.label ==
+                                                   'active'), None) or process.proc.poll(),
+                                     TIMEOUT, 'the transition to active')
+        except AssertionError as exc:
+            raise AssertionError(f'{exc}; the node printed:\n{process.log()}') from None
         assert process.proc.poll() is None, process.log()
         (play,) = context.transition(node.action, active.goal_state.label)
         delay = float(play.cmd[play.cmd.index('--delay') + 1])

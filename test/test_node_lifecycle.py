@@ -121,3 +121,53 @@ def test_a_stopped_node_leaves_no_shared_memory_behind(autostart, sig, official_
         assert not left, f'left in /dev/shm after the node exited: {left}'
     finally:
         node.stop(timeout=10)
+
+
+def test_autostart_waits_for_a_transition_listener(official_weights):
+    """A launch file that acts on the transition to active subscribes to
+    ``~/transition_event`` before the node starts, but DDS may discover that subscription
+    after the model has loaded; the events are volatile, so it would never see them. With
+    ``autostart_listener_timeout`` the node waits for the subscriber: here it subscribes
+    only after the node has had time to load the model, and still sees every transition."""
+    from lifecycle_msgs.msg import TransitionEvent
+    from ros_harness import next_domain_id, NodeProcess, RosClient, ros_env
+    domain = next_domain_id()
+    node = NodeProcess({'network_height': 64, 'network_width': 128,
+                        'autostart_listener_timeout': 60.0}, ros_env(domain))
+    client = None
+    try:
+        waiting = 'waiting up to 60 s for a subscriber on /segmentation_node/transition_event'
+        deadline = time.monotonic() + TIMEOUT
+        while waiting not in node.log():
+            assert node.proc.poll() is None and time.monotonic() < deadline, node.log()
+            time.sleep(0.2)
+        time.sleep(5.0)   # the model (64x128 B0) loads in about a second
+        assert 'listening on' not in node.log(), node.log()
+        client = RosClient(domain)
+        events = client.subscribe(TransitionEvent, '/segmentation_node/transition_event')
+        client.wait_for(lambda: any(e.goal_state.label == 'active' for e in events), TIMEOUT,
+                        'the transition to active')
+        labels = [e.goal_state.label for e in events]
+        assert labels[-3:] == ['inactive', 'activating', 'active'], labels
+        assert 'listening on' in node.log()
+    finally:
+        if client is not None:
+            client.close()
+        node.stop(timeout=10)
+
+
+def test_autostart_starts_anyway_when_nobody_listens(official_weights):
+    from ros_harness import next_domain_id, NodeProcess, ros_env
+    node = NodeProcess({'network_height': 64, 'network_width': 128,
+                        'autostart_listener_timeout': 2.0}, ros_env(next_domain_id()))
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while 'listening on' not in node.log():
+            assert node.proc.poll() is None and time.monotonic() < deadline, node.log()
+            time.sleep(0.2)
+        log = node.log()
+        assert ('autostart: nothing subscribed to /segmentation_node/transition_event within '
+                '2 s (autostart_listener_timeout); starting anyway') in log, log
+        assert log.index('starting anyway') < log.index('listening on')
+    finally:
+        node.stop(timeout=10)

@@ -184,6 +184,11 @@ PARAMETERS: Tuple[ParameterSpec, ...] = (
     ParameterSpec('autostart', True,
                   'Configure and activate at start (one-step ros2 run / launch); false waits '
                   'for ~/change_state from a lifecycle manager.', constraints='true or false'),
+    ParameterSpec('autostart_listener_timeout', 0.0,
+                  'Under autostart, seconds to wait for a subscriber on ~/transition_event '
+                  'before configuring, so a launch file that acts on the transition to active '
+                  '(replay.launch.py) cannot miss it: the events are not kept for late '
+                  'subscribers. 0 = start at once.', float_range=(0.0, 600.0)),
     ParameterSpec('input_transport', 'raw',
                   'raw subscribes ~/image (sensor_msgs/Image); compressed subscribes '
                   '~/image/compressed (jpeg or png sensor_msgs/CompressedImage).',
@@ -240,6 +245,7 @@ class NodeSettings:
     cameras: Tuple[str, ...]
     max_batch: int
     autostart: bool
+    autostart_listener_timeout: float
     input_transport: str
     output_resolution: str
     qos_reliability: str

@@ -26,7 +26,9 @@ segments the frames waiting at that moment as one batch (round-robin beyond
 
 The node is a managed (lifecycle) node: configure loads the model and warms it up,
 activate subscribes and publishes, deactivate stops both, cleanup frees the model. With
-``autostart`` (the default) it configures and activates itself. QoS follows rclpy's
+``autostart`` (the default) it configures and activates itself, first waiting up to
+``autostart_listener_timeout`` seconds for a subscriber on ``~/transition_event`` (a launch
+file acting on the transition). QoS follows rclpy's
 overrides (``qos_overrides.<topic>.subscription.depth`` ...). Parameters are in
 :mod:`evit_ros.ros.parameters`.
 """
@@ -277,6 +279,33 @@ class SegmentationNode(LifecycleNode):
         return self.settings.latency_budget_ms or self.auto_budget_ms
 
     # -- lifecycle -------------------------------------------------------------------------
+
+    def await_transition_listener(self) -> bool:
+        """Spin until ``~/transition_event`` has a subscriber or the wait times out.
+
+        Transition events are not kept for late subscribers: a launch file that starts
+        something on the transition to active misses it when its subscription is not
+        discovered yet as autostart activates, which a fast model load on a slow network
+        makes possible. ``autostart_listener_timeout`` bounds the wait (0: no wait).
+
+        :returns: whether a subscriber was seen (``True`` at once without a timeout).
+        """
+        timeout = self.settings.autostart_listener_timeout
+        if timeout <= 0:
+            return True
+        topic = self.get_fully_qualified_name() + '/transition_event'
+        deadline = time.monotonic() + timeout
+        if self.count_subscribers(topic) == 0:
+            self.get_logger().info(f'autostart: waiting up to {timeout:g} s for a subscriber '
+                                   f'on {topic}')
+        while self.count_subscribers(topic) == 0:
+            if time.monotonic() >= deadline:
+                self.get_logger().warning(
+                    f'autostart: nothing subscribed to {topic} within {timeout:g} s '
+                    '(autostart_listener_timeout); starting anyway')
+                return False
+            rclpy.spin_once(self, timeout_sec=0.05)
+        return True
 
     def on_configure(self, state) -> TransitionCallbackReturn:
         """Load the model, build or load the engine, warm up, create the publishers."""
@@ -821,6 +850,7 @@ def main(args: Optional[List[str]] = None) -> int:
     try:
         node = SegmentationNode()
         if node.settings.autostart:
+            node.await_transition_listener()
             node.autostarting = True
             node.trigger_configure()
             node.autostarting = False
