@@ -4,20 +4,24 @@
 Usage::
 
     .venv/bin/python bench/multi_camera.py                  # 3 cameras, 512x1024, 15 Hz, 30 s
-    .venv/bin/python bench/multi_camera.py --seconds 10 --rate 15
+    .venv/bin/python bench/multi_camera.py --seconds 10 --workers 2 --cpu-threads 1
 
 Three cameras (``/front``, ``/left``, ``/right``) publish rgb8 frames of the shared
 street frame halved to 512x1024, best effort (as camera drivers), at ``--rate`` Hz each
 from a child process of this one (so that publishing does not slow down receiving here).
 First one ``segmentation_node`` with ``cameras`` set to the three topics serves them (one
-model, one worker, batches of up to three frames); then three ``segmentation_node``
-processes serve one camera each. Both run the official B0 with
-``backend:=auto`` (onnxruntime on this CPU) at a 512x1024 network size and the Fast DDS
-large-image profile. For each setup, after every camera's first label map, label maps are
-counted for ``--seconds``: aggregate label maps per second, each camera's p99 pipeline
+model; ``--workers`` workers, default 3, with ``--cpu-threads`` each, default 1, and
+``--max-batch`` frames per inference, default 1); then three ``segmentation_node``
+processes serve one camera each, first with their defaults (every core each), then with
+``cpu_threads: 1`` each. All run the official B0 with ``backend:=auto`` (onnxruntime on
+this CPU) at a 512x1024 network size and the Fast DDS large-image profile; the nodes find
+the weights as a user's node does (the evit_ros cache after ``evit-ros weights import``, or
+``EVIT_ROS_WEIGHTS_DIR``). For each setup, after every camera's first label map, label maps
+are counted for ``--seconds``: aggregate label maps per second, each camera's p99 pipeline
 latency (label map received here minus the image stamp), and the nodes' total resident
-memory (VmRSS, the highest sample). Targets: aggregate >= the three nodes', total RSS <=
-50 % of theirs, the worst camera's p99 within 1.5x the best's.
+memory (VmRSS, the highest sample). Targets, for the one node against each three-node
+setup: aggregate >= theirs, total RSS <= 50 % of theirs, and the worst camera's p99 within
+1.5x the best's.
 
 Other processes share this CPU: compare only numbers from one run.
 """
@@ -153,29 +157,42 @@ class Rig:
         self.context.try_shutdown()
 
 
-def start_nodes(setup: str, env: Dict[str, str], height: int, width: int) -> list:
-    """Start the node processes of ``setup`` (``one node`` or ``three nodes``)."""
+def start_nodes(setup: dict, env: Dict[str, str], height: int, width: int) -> list:
+    """Start the node processes of ``setup`` (one node for the rig, or one per camera)."""
     script = Path(sys.executable).parent / 'segmentation_node'
     base = [str(script), '--ros-args', '-p', 'backend:=auto', '-p', f'network_height:={height}',
             '-p', f'network_width:={width}', '-p', 'latency_budget_ms:=100000.0']
-    if setup == 'one node':
+    for name, value in setup['params'].items():
+        base += ['-p', f'{name}:={value}']
+    if setup['one_node']:
         cameras = '[' + ','.join(TOPICS.values()) + ']'
-        commands = [base + ['-p', f'cameras:={cameras}', '-p', 'max_batch:=3']]
+        commands = [base + ['-p', f'cameras:={cameras}']]
     else:
         commands = [base + ['-r', f'__node:=seg_{name}', '-r', f'~/image:={topic}']
                     for name, topic in TOPICS.items()]
-    return [subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL) for command in commands]
+    procs = []
+    for command in commands:
+        # Its output goes to a temporary file, shown when the node exits early.
+        log = tempfile.TemporaryFile(mode='w+')
+        procs.append(subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT))
+        procs[-1].log = log
+    return procs
 
 
-def label_map_topics(setup: str) -> Dict[str, str]:
+def output_of(proc) -> str:
+    """Return the last lines a node started by :func:`start_nodes` printed."""
+    proc.log.seek(0)
+    return ''.join(proc.log.readlines()[-10:])
+
+
+def label_map_topics(setup: dict) -> Dict[str, str]:
     """Return camera name -> label map topic for ``setup``."""
-    if setup == 'one node':
+    if setup['one_node']:
         return {name: f'/segmentation_node/{name}/label_map' for name in CAMERAS}
     return {name: f'/seg_{name}/label_map' for name in CAMERAS}
 
 
-def measure(rig: Rig, setup: str, env, height: int, width: int, seconds: float,
+def measure(rig: Rig, setup: dict, env, height: int, width: int, seconds: float,
             startup: float) -> dict:
     """Run one setup; return its aggregate rate, RSS and per-camera p99 latency."""
     rig.listen(label_map_topics(setup))
@@ -186,12 +203,14 @@ def measure(rig: Rig, setup: str, env, height: int, width: int, seconds: float,
             with rig.lock:
                 if all(rig.arrivals[name] for name in CAMERAS):
                     break
-            if any(proc.poll() is not None for proc in procs):
-                sys.exit(f'multi_camera: a node of {setup!r} exited')
+            for proc in procs:
+                if proc.poll() is not None:
+                    sys.exit(f"multi_camera: a node of {setup['name']!r} exited:\n"
+                             + output_of(proc))
             time.sleep(0.2)
         else:
-            sys.exit(f'multi_camera: {setup!r} gave no label map on every camera in '
-                     f'{startup:.0f} s')
+            sys.exit(f"multi_camera: {setup['name']!r} gave no label map on every camera "
+                     f'in {startup:.0f} s')
         time.sleep(2.0)                              # past the first, cold frames
         with rig.lock:
             marks = {name: len(rig.arrivals[name]) for name in CAMERAS}
@@ -225,6 +244,10 @@ def main() -> int:
     parser.add_argument('--size', default='512x1024', help='frame and network size HxW')
     parser.add_argument('--startup', type=float, default=300.0,
                         help='seconds allowed for the first label maps (export included)')
+    parser.add_argument('--workers', type=int, default=3, help="the one node's workers")
+    parser.add_argument('--cpu-threads', type=int, default=1,
+                        help="the one node's cpu_threads (0: every core)")
+    parser.add_argument('--max-batch', type=int, default=1, help="the one node's max_batch")
     parser.add_argument('--cameras-domain', type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     height, width = (int(v) for v in args.size.split('x'))
@@ -240,18 +263,28 @@ def main() -> int:
         cameras.close()
         return 0
     domain = 60 + os.getpid() % 40
-    cache = os.environ.get('EVIT_ROS_CACHE') or tempfile.mkdtemp(prefix='multi_camera_')
+    # The nodes find the weights as a user's node does (the evit_ros cache, or
+    # EVIT_ROS_WEIGHTS_DIR) and share the cached ONNX export.
     env = dict(os.environ, ROS_DOMAIN_ID=str(domain), ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST',
-               FASTDDS_DEFAULT_PROFILES_FILE=profile, EVIT_ROS_CACHE=cache)
+               FASTDDS_DEFAULT_PROFILES_FILE=profile)
     os.environ.update(ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST')
     rig = Rig(domain, shared_frame(height, width))
     cameras = subprocess.Popen([sys.executable, __file__, '--cameras-domain', str(domain),
                                 '--rate', str(args.rate), '--size', args.size], env=env)
+    one = {'name': f'one node: {args.workers} workers x {args.cpu_threads or "all"} threads, '
+                   f'max_batch {args.max_batch}', 'one_node': True,
+           'params': {'workers': args.workers, 'cpu_threads': args.cpu_threads,
+                      'max_batch': args.max_batch}}
+    setups = [one,
+              {'name': 'three nodes (defaults: every core each)', 'one_node': False,
+               'params': {}},
+              {'name': 'three nodes, 1 thread each', 'one_node': False,
+               'params': {'cpu_threads': 1}}]
     results = {}
     try:
-        for setup in ('one node', 'three nodes'):
-            results[setup] = measure(rig, setup, env, height, width, args.seconds,
-                                     args.startup)
+        for setup in setups:
+            results[setup['name']] = measure(rig, setup, env, height, width, args.seconds,
+                                             args.startup)
     finally:
         cameras.terminate()
         cameras.wait(15)
@@ -268,11 +301,14 @@ def main() -> int:
               + ' / '.join(str(result['counts'][n]) for n in CAMERAS)
               + f" | {result['rss_mb']:.0f} | "
               + ' / '.join(f'{p99[n]:.0f}' for n in CAMERAS) + f' | {spread:.2f} |')
-    one, three = results['one node'], results['three nodes']
-    print(f"aggregate ratio {one['rate'] / max(three['rate'], 1e-9):.2f} (target >= 1), "
-          f"RSS ratio {one['rss_mb'] / max(three['rss_mb'], 1e-9):.2f} (target <= 0.5), "
-          f"one-node p99 spread {max(one['p99_ms'].values()) / min(one['p99_ms'].values()):.2f}"
-          f' (target <= 1.5)')
+    ours = results[one['name']]
+    for setup in setups[1:]:
+        three = results[setup['name']]
+        print(f"vs {setup['name']}: aggregate ratio "
+              f"{ours['rate'] / max(three['rate'], 1e-9):.2f} (target >= 1), RSS ratio "
+              f"{ours['rss_mb'] / max(three['rss_mb'], 1e-9):.2f} (target <= 0.5)")
+    spread = max(ours['p99_ms'].values()) / min(ours['p99_ms'].values())
+    print(f'one-node p99 spread {spread:.2f} (target <= 1.5)')
     return 0
 
 

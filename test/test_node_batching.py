@@ -68,6 +68,27 @@ def test_one_worker_wakes_for_any_camera():
     assert gate.slots[2].counters() == FrameCounters(received=1, in_flight=1)
 
 
+def test_a_second_worker_skips_cameras_whose_frame_is_in_a_worker():
+    """Several workers: a camera has one frame in a worker at a time (outputs in order);
+    its next frame waits for that one to be done, then wakes a waiting worker."""
+    gate = BatchGate(2)
+    gate.slots[0].put('front 1')
+    assert gate.take(1) == [(0, 'front 1')]          # worker A
+    gate.slots[0].put('front 2')
+    assert gate.take(1, timeout=0.05) == []           # worker B: front is busy in A
+    gate.slots[1].put('left 1')
+    assert gate.take(4) == [(1, 'left 1')]            # B takes the free camera only
+    got = []
+    worker_b = threading.Thread(target=lambda: got.append(gate.take(4)))
+    worker_b.start()
+    worker_b.join(0.2)
+    assert worker_b.is_alive() and not got             # front 2 still waits for A
+    gate.slots[0].done(processed=True)                 # A is done with front 1
+    worker_b.join(5.0)
+    assert got == [[(0, 'front 2')]]
+    gate.close()
+
+
 def test_png_label_map_decodes_to_the_label_map_exactly():
     rng = np.random.default_rng(3)
     for dtype, encoding in ((np.uint8, 'mono8'), (np.uint16, 'mono16')):

@@ -35,12 +35,17 @@ def weights_dir():
     return require_shared('weights', 'efficientvit_seg_b0_cityscapes.pt').parent
 
 
-def test_three_cameras_one_node_own_headers_no_starvation_counters_add_up(weights_dir,
+@pytest.mark.parametrize('workers', [
+    {},                                                        # one worker, batches of two
+    {'workers': 3, 'cpu_threads': 1, 'max_batch': 1}],         # the CPU rig recipe
+    ids=['one-worker-batches', 'three-workers'])
+def test_three_cameras_one_node_own_headers_no_starvation_counters_add_up(workers, weights_dir,
                                                                           tmp_path):
+    """Also with three workers: each camera's label maps still come in the order sent."""
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
     reliable = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
-    session = Session(rig_params(), tmp_path, weights_dir, image_topic=TOPICS[0],
+    session = Session(rig_params(**workers), tmp_path, weights_dir, image_topic=TOPICS[0],
                       image_qos=reliable)
     client = session.client
     try:
@@ -102,6 +107,8 @@ def test_three_cameras_one_node_own_headers_no_starvation_counters_add_up(weight
             # Each camera's label maps carry its own header, and only its own frames.
             assert got and all(m.header.frame_id == name for m in got), name
             assert {stamp_ns(m.header) for m in got} <= set(sent[name]), name
+            stamps = [stamp_ns(m.header) for m in got]
+            assert stamps == sorted(stamps), f'{name}: label maps out of order'
             counters = counts(latest[name])
             assert counters['received'] == counters['processed'] + counters['dropped'] + \
                 counters['rejected'] + counters['in_flight'], (name, counters)

@@ -4,7 +4,8 @@ Each camera hands frames over through its own :class:`~evit_ros.ros.latest_slot.
 (latest wins); all slots share one condition, so the worker sleeps until any camera has a
 frame. When more cameras wait than a batch takes (``max_batch``), the next batch starts
 with the camera after the last one taken: round-robin, so under overload every camera gets
-its share and none starves.
+its share and none starves. With several workers, a camera whose frame is in a worker is
+skipped until that frame is done, so each camera's outputs stay in order.
 """
 
 import threading
@@ -32,14 +33,16 @@ class BatchGate:
         :returns: ``None`` once closed; ``[]`` when ``timeout`` passed without a frame.
         """
         with self.cond:
-            self.cond.wait_for(lambda: self._closed or any(s.waiting for s in self.slots),
-                               timeout)
+            self.cond.wait_for(lambda: self._closed or any(s.waiting and not s.busy
+                                                           for s in self.slots), timeout)
             if self._closed:
                 return None
             batch: List[Tuple[int, Any]] = []
             count = len(self.slots)
             for step in range(count):
                 index = (self._next + step) % count
+                if self.slots[index].busy:
+                    continue
                 frame = self.slots[index].poll()
                 if frame is None:
                     continue

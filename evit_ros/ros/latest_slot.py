@@ -55,6 +55,11 @@ class LatestSlot:
         """Whether a frame waits to be taken."""
         return self._frame is not None
 
+    @property
+    def busy(self) -> bool:
+        """Whether a frame taken from this slot is still being processed."""
+        return self._in_flight > 0
+
     def poll(self) -> Optional[Any]:
         """Take the waiting frame without blocking (marked in flight); ``None`` when empty."""
         with self._cond:
@@ -72,6 +77,7 @@ class LatestSlot:
                 self._processed += 1
             else:
                 self._rejected += 1
+            self._cond.notify_all()     # its next frame may go to any waiting worker
 
     def close(self) -> None:
         """Wake the worker for good; later :meth:`take` calls return ``None``."""

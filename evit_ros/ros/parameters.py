@@ -181,6 +181,13 @@ PARAMETERS: Tuple[ParameterSpec, ...] = (
     ParameterSpec('max_batch', 4,
                   'Most frames (one per camera) segmented in one inference; cameras beyond '
                   'it wait their round-robin turn.', int_range=(1, 16, 1)),
+    ParameterSpec('workers', 1,
+                  'Inference workers, each segmenting the frames waiting at that moment as one '
+                  'batch; a camera has one frame in a worker at a time, so its outputs stay in '
+                  'order. For several cameras on a CPU, 2 workers with cpu_threads 1 keep both '
+                  'cores busier than 1 worker with 2 threads; a TensorRT engine runs one batch '
+                  'at a time (the workers then overlap only the CPU work).',
+                  int_range=(1, 8, 1)),
     ParameterSpec('autostart', True,
                   'Configure and activate at start (one-step ros2 run / launch); false waits '
                   'for ~/change_state from a lifecycle manager.', constraints='true or false'),
@@ -244,6 +251,7 @@ class NodeSettings:
     cpu_threads: int
     cameras: Tuple[str, ...]
     max_batch: int
+    workers: int
     autostart: bool
     autostart_listener_timeout: float
     input_transport: str

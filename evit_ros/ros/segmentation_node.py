@@ -20,9 +20,10 @@ Topics, relative to the node. With ``cameras`` empty there is one camera, ``~/im
 * out ``/diagnostics`` (diagnostic_msgs/DiagnosticArray): one status per camera.
 
 Every output carries its camera's image header. Callbacks only validate and hand the frame
-to a single worker thread through the camera's depth-1 slot (latest wins); the worker
-segments the frames waiting at that moment as one batch (round-robin beyond
-``max_batch``), so a slow model drops stale frames instead of queueing them.
+to the worker threads (``workers``, default one) through the camera's depth-1 slot (latest
+wins); a worker segments the frames waiting at that moment as one batch (round-robin beyond
+``max_batch``), so a slow model drops stale frames instead of queueing them. A camera has
+one frame in a worker at a time, so its outputs stay in order.
 
 The node is a managed (lifecycle) node: configure loads the model and warms it up,
 activate subscribes and publishes, deactivate stops both, cleanup frees the model. With
@@ -240,7 +241,8 @@ class SegmentationNode(LifecycleNode):
         self.gate = BatchGate(len(self.cameras))
         self.gate.close()
         self.slot: LatestSlot = self.gate.slots[0]
-        self._worker: Optional[threading.Thread] = None
+        self._workers: List[threading.Thread] = []
+        self._fallback_lock = threading.Lock()
         self._steady = Clock(clock_type=ClockType.STEADY_TIME)
         self.diagnostics_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS,
                                                      DIAGNOSTICS_QOS)
@@ -365,7 +367,7 @@ class SegmentationNode(LifecycleNode):
         return (time.perf_counter() - start) * 1e3
 
     def on_activate(self, state) -> TransitionCallbackReturn:
-        """Subscribe to every camera and start the worker."""
+        """Subscribe to every camera and start the workers."""
         self.gate = BatchGate(len(self.cameras))
         self.slot = self.gate.slots[0]
         now = time.monotonic()
@@ -385,16 +387,17 @@ class SegmentationNode(LifecycleNode):
                 self.create_subscription(CameraInfo, camera.info_topic,
                                          self._info_callback(camera), qos,
                                          qos_overriding_options=options())]
-        self._worker = threading.Thread(target=self._work, name='segmentation_worker',
-                                        daemon=True)
-        self._worker.start()
+        self._workers = [threading.Thread(target=self._work, name=f'segmentation_worker_{n}',
+                                          daemon=True) for n in range(self.settings.workers)]
+        for worker in self._workers:
+            worker.start()
         self.state = 'active'
         self.get_logger().info('listening on ' + ', '.join(c.input_topic
                                                            for c in self.cameras))
         return TransitionCallbackReturn.SUCCESS
 
     def on_deactivate(self, state) -> TransitionCallbackReturn:
-        """Unsubscribe and stop the worker; the model stays loaded."""
+        """Unsubscribe and stop the workers; the model stays loaded."""
         self._stop_active()
         self.state = 'inactive'
         return TransitionCallbackReturn.SUCCESS
@@ -575,12 +578,15 @@ class SegmentationNode(LifecycleNode):
         if not ready:
             return
         decode_ms = (time.perf_counter() - start) * 1e3 / len(ready)
+        segmenter = self.segmenter
+        backend = segmenter.backend
         at_network = self.settings.output_resolution == 'network'
-        size = self.segmenter.input_size if at_network else None
+        size = segmenter.input_size if at_network else None
         try:
-            label_maps = self.segmenter.segment_batch(
-                [item[2] for item in ready], [item[3] for item in ready],
-                [size] * len(ready))
+            # Not segment_batch: other workers share the segmenter and its attributes.
+            inferred = segmenter.infer_batch([item[2] for item in ready],
+                                             [item[3] for item in ready])
+            label_maps, timings = segmenter.label_batch(inferred, [size] * len(ready))
         except ImageError as exc:
             if len(ready) > 1:
                 # One bad frame must not cost the others theirs: run them one by one.
@@ -595,17 +601,17 @@ class SegmentationNode(LifecycleNode):
                 gate.slots[camera.index].done(processed=False)
             if gate.closed or not self.context.ok():
                 return
-            self._backend_failed(exc, [item[0] for item in ready])
+            self._backend_failed(exc, [item[0] for item in ready], backend)
             return
-        timings = self.segmenter.timings
-        logits = self.segmenter.logits
+        logits = inferred.logits
         share = len(ready)
         for position, (camera, frame, pixels, encoding) in enumerate(ready):
             try:
                 self._publish(camera, frame, label_maps[position], logits, position, pixels,
                               encoding)
             except Exception:  # noqa: B902 - a publisher destroyed under us at shutdown
-                gate.slots[camera.index].done(processed=False)
+                for unpublished, _, _, _ in ready[position:]:
+                    gate.slots[unpublished.index].done(processed=False)
                 if gate.closed or not self.context.ok():
                     return
                 raise
@@ -644,18 +650,27 @@ class SegmentationNode(LifecycleNode):
             camera.health.record_output('confidence')
         self._publish_colour(camera, label_map, pixels, encoding, header)
 
-    def _backend_failed(self, exc: Exception, cameras: List[Camera]) -> None:
+    def _backend_failed(self, exc: Exception, cameras: List[Camera], backend) -> None:
         """Count a failed batch, report ERROR and, under ``backend:=auto``, fall back.
 
         The failed frames are counted as rejected. With ``auto`` the next backend of the
-        auto order is built (one log line naming both); with an explicit backend the same
-        one keeps being tried on later frames, and diagnostics stay at ERROR while it fails.
+        auto order is built (one log line naming both), once: a worker whose batch failed
+        on a backend another worker has already replaced only counts it. With an explicit
+        backend the same one keeps being tried on later frames, and diagnostics stay at
+        ERROR while it fails.
         """
+        with self._fallback_lock:
+            self._count_failure_and_fall_back(exc, cameras, backend)
+
+    def _count_failure_and_fall_back(self, exc: Exception, cameras: List[Camera],
+                                     backend) -> None:
         from evit_ros.runtime import BackendUnavailable
         reason = ' '.join(f'{type(exc).__name__}: {exc}'.split())
         self.backend_failures += len(cameras)
         for camera in cameras:
             camera.health.record_failure(time.monotonic(), reason)
+        if self.segmenter.backend is not backend:
+            return
         failed = self.segmenter.backend_name
         if self.settings.backend != 'auto':
             self.get_logger().error(f'inference failed on {failed}: {reason}',
@@ -771,15 +786,15 @@ class SegmentationNode(LifecycleNode):
                 'and that QoS and the Fast DDS profile match)')
 
     def stop(self, timeout: float = 0.5) -> bool:
-        """Stop the worker, waiting up to ``timeout`` seconds for the frame it runs.
+        """Stop the workers, waiting up to ``timeout`` seconds for the frames they run.
 
-        :returns: whether the worker has finished (``False``: a frame is still running).
+        :returns: whether every worker has finished (``False``: a frame is still running).
         """
         self.gate.close()
-        if self._worker is None:
-            return True
-        self._worker.join(timeout)
-        return not self._worker.is_alive()
+        deadline = time.monotonic() + timeout
+        for worker in self._workers:
+            worker.join(max(0.0, deadline - time.monotonic()))
+        return not any(worker.is_alive() for worker in self._workers)
 
     def _compressed_topic(self, image_topic: str) -> str:
         # image_transport's convention: <base topic>/compressed, unless remapped explicitly.

@@ -33,6 +33,18 @@ class Timings:
         return self.preprocess_ms + self.inference_ms + self.postprocess_ms
 
 
+@dataclass
+class InferredBatch:
+    """A batch between inference and its label maps (see :meth:`Segmenter.infer_batch`)."""
+
+    #: ``NxCxhxw`` logits (numpy array or torch tensor, on the backend's device).
+    logits: object
+    #: each image's ``(height, width)``, the default size of its label map.
+    shapes: List[Tuple[int, int]]
+    preprocess_ms: float
+    inference_ms: float
+
+
 class Segmenter:
     """Segment camera images with an EfficientViT-Seg model on a chosen backend.
 
@@ -161,6 +173,8 @@ class Segmenter:
         Each image is converted and resized on its own (cameras may differ in size and
         encoding); the network runs once on the stacked batch. Afterwards :attr:`logits`
         holds the batch's ``NxCxhxw`` logits and :attr:`timings` the whole batch's phases.
+        Threads sharing the segmenter call :meth:`infer_batch` then :meth:`label_batch`,
+        which leave those two attributes alone.
 
         :param images: ``HxW[xC]`` uint8 pixels, one per camera.
         :param encodings: the encoding of each image (see :meth:`segment`).
@@ -169,27 +183,51 @@ class Segmenter:
         :returns: one label map per image, in order.
         :raises evit_ros.runtime.image.ImageError: for an image that cannot be segmented.
         """
+        if len(images) == len(encodings) == 0:
+            return []
+        inferred = self.infer_batch(images, encodings)
+        label_maps, self.timings = self.label_batch(inferred, output_sizes)
+        self.logits = inferred.logits
+        return label_maps
+
+    def infer_batch(self, images: Sequence[np.ndarray], encodings: Sequence[str]
+                    ) -> InferredBatch:
+        """Convert, resize and stack the images, and run the network once on them.
+
+        :raises evit_ros.runtime.image.ImageError: for an image that cannot be segmented.
+        :raises ValueError: for no images, or not as many encodings as images.
+        """
         if len(images) != len(encodings):
             raise ValueError(f'{len(images)} images but {len(encodings)} encodings')
-        if not images:
-            return []
-        sizes = list(output_sizes) if output_sizes is not None else [None] * len(images)
+        if not len(images):
+            raise ValueError('no images to segment')
         start = time.perf_counter()
         rgbs = [to_rgb(image, encoding) for image, encoding in zip(images, encodings)]
         x = np.concatenate([preprocess(rgb, self.input_size) for rgb in rgbs], axis=0)
         after_pre = time.perf_counter()
         logits = self.backend.infer(x)
-        after_inf = time.perf_counter()
+        end = time.perf_counter()
+        return InferredBatch(logits, [rgb.shape[:2] for rgb in rgbs],
+                             (after_pre - start) * 1e3, (end - after_pre) * 1e3)
+
+    def label_batch(self, inferred: InferredBatch,
+                    output_sizes: Optional[Sequence[Optional[Tuple[int, int]]]] = None
+                    ) -> Tuple[List[np.ndarray], Timings]:
+        """Return the label maps of an inferred batch and the batch's timings.
+
+        :param output_sizes: as in :meth:`segment_batch`.
+        """
+        count = len(inferred.shapes)
+        sizes = list(output_sizes) if output_sizes is not None else [None] * count
+        start = time.perf_counter()
         label_maps = []
-        for index, rgb in enumerate(rgbs):
-            size = tuple(sizes[index]) if sizes[index] else rgb.shape[:2]
-            one = logits[index:index + 1]
+        for index, shape in enumerate(inferred.shapes):
+            size = tuple(sizes[index]) if sizes[index] else shape
+            one = inferred.logits[index:index + 1]
             if self.postprocess == 'fast':
                 label_maps.append(bicubic_argmax(one, size))
             else:
                 label_maps.append(labels_from_logits(one, size))
-        end = time.perf_counter()
-        self.logits = logits
-        self.timings = Timings((after_pre - start) * 1e3, (after_inf - after_pre) * 1e3,
-                               (end - after_inf) * 1e3)
-        return label_maps
+        postprocess_ms = (time.perf_counter() - start) * 1e3
+        return label_maps, Timings(inferred.preprocess_ms, inferred.inference_ms,
+                                   postprocess_ms)

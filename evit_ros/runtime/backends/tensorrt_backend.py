@@ -721,6 +721,8 @@ class TensorRTBackend(Backend):
             self._load_or_build(model, builder, env, options)
         with memory.active():
             self.context = self.engine.create_execution_context()
+        # One execution context and one set of buffers: the node's workers take turns.
+        self._infer_lock = threading.Lock()
         if self.context is None:
             raise BackendUnavailable('tensorrt: no execution context (GPU memory full?): '
                                      + '; '.join(builder.logger.errors[-2:]))
@@ -855,7 +857,14 @@ class TensorRTBackend(Backend):
                  self.output_name, tuple(self.host[self.output_name].shape), self.max_batch)
 
     def infer(self, x: np.ndarray) -> torch.Tensor:
-        """Return fp32 logits for a preprocessed ``Nx3xHxW`` input, 1 <= N <= max_batch."""
+        """Return fp32 logits for a preprocessed ``Nx3xHxW`` input, 1 <= N <= max_batch.
+
+        Thread-safe: calls from several threads run one at a time.
+        """
+        with self._infer_lock:
+            return self._infer(x)
+
+    def _infer(self, x: np.ndarray) -> torch.Tensor:
         count = int(x.shape[0]) if x.ndim == 4 else 0
         expected = (3,) + tuple(self.input_size)
         if x.ndim != 4 or tuple(x.shape[1:]) != expected or not 1 <= count <= self.max_batch:
