@@ -14,6 +14,14 @@ PARAMS = {'backend': 'torch', 'network_height': 512, 'network_width': 1024,
 WEIGHTS = 'efficientvit_seg_b0_cityscapes.pt'
 
 
+def wait_while_running(node, ready, timeout=TIMEOUT):
+    """Poll ``ready()`` until it is true; fail with the node's log if it exits or times out."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert node.proc.poll() is None and time.monotonic() < deadline, node.log()
+        time.sleep(0.2)
+
+
 def test_transitions_outputs_memory_and_a_failed_configure_retried(tmp_path):
     """Unconfigured -> (configure fails: no weights) -> configure -> activate -> deactivate
     -> cleanup -> shutdown, checking outputs and memory at each step."""
@@ -104,12 +112,8 @@ def test_a_stopped_node_leaves_no_shared_memory_behind(autostart, sig, official_
     try:
         # Up: listening (active), or its participant exists (unconfigured; rclpy.init, which
         # installs the signal handlers, came before it).
-        deadline = time.monotonic() + TIMEOUT
-        while time.monotonic() < deadline:
-            assert node.proc.poll() is None, node.log()
-            if ('listening on' in node.log()) if autostart else owned_segments(node.proc.pid):
-                break
-            time.sleep(0.2)
+        wait_while_running(node, lambda: ('listening on' in node.log()) if autostart
+                           else owned_segments(node.proc.pid))
         if not autostart:
             time.sleep(3.0)  # the participant comes first, the node's constructor after it
         segments = owned_segments(node.proc.pid)   # those whose lock the node holds
@@ -137,10 +141,7 @@ def test_autostart_waits_for_a_transition_listener(official_weights):
     client = None
     try:
         waiting = 'waiting up to 60 s for a subscriber on /segmentation_node/transition_event'
-        deadline = time.monotonic() + TIMEOUT
-        while waiting not in node.log():
-            assert node.proc.poll() is None and time.monotonic() < deadline, node.log()
-            time.sleep(0.2)
+        wait_while_running(node, lambda: waiting in node.log())
         time.sleep(5.0)   # the model (64x128 B0) loads in about a second
         assert 'listening on' not in node.log(), node.log()
         client = RosClient(domain)
@@ -161,10 +162,7 @@ def test_autostart_starts_anyway_when_nobody_listens(official_weights):
     node = NodeProcess({'network_height': 64, 'network_width': 128,
                         'autostart_listener_timeout': 2.0}, ros_env(next_domain_id()))
     try:
-        deadline = time.monotonic() + TIMEOUT
-        while 'listening on' not in node.log():
-            assert node.proc.poll() is None and time.monotonic() < deadline, node.log()
-            time.sleep(0.2)
+        wait_while_running(node, lambda: 'listening on' in node.log())
         log = node.log()
         assert ('autostart: nothing subscribed to /segmentation_node/transition_event within '
                 '2 s (autostart_listener_timeout); starting anyway') in log, log

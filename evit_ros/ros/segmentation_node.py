@@ -296,11 +296,12 @@ class SegmentationNode(LifecycleNode):
         if timeout <= 0:
             return True
         topic = self.get_fully_qualified_name() + '/transition_event'
+        if self.count_subscribers(topic):
+            return True
+        self.get_logger().info(f'autostart: waiting up to {timeout:g} s for a subscriber on '
+                               f'{topic}')
         deadline = time.monotonic() + timeout
-        if self.count_subscribers(topic) == 0:
-            self.get_logger().info(f'autostart: waiting up to {timeout:g} s for a subscriber '
-                                   f'on {topic}')
-        while self.count_subscribers(topic) == 0:
+        while not self.count_subscribers(topic):
             if time.monotonic() >= deadline:
                 self.get_logger().warning(
                     f'autostart: nothing subscribed to {topic} within {timeout:g} s '
@@ -659,34 +660,30 @@ class SegmentationNode(LifecycleNode):
         backend the same one keeps being tried on later frames, and diagnostics stay at
         ERROR while it fails.
         """
-        with self._fallback_lock:
-            self._count_failure_and_fall_back(exc, cameras, backend)
-
-    def _count_failure_and_fall_back(self, exc: Exception, cameras: List[Camera],
-                                     backend) -> None:
         from evit_ros.runtime import BackendUnavailable
-        reason = ' '.join(f'{type(exc).__name__}: {exc}'.split())
-        self.backend_failures += len(cameras)
-        for camera in cameras:
-            camera.health.record_failure(time.monotonic(), reason)
-        if self.segmenter.backend is not backend:
-            return
-        failed = self.segmenter.backend_name
-        if self.settings.backend != 'auto':
-            self.get_logger().error(f'inference failed on {failed}: {reason}',
-                                    throttle_duration_sec=5.0)
-            return
-        try:
-            new = self.segmenter.fall_back()
-        except (BackendUnavailable, OSError, RuntimeError, ValueError) as error:
-            self.get_logger().error(
-                f'inference failed on {failed}: {reason}; no backend to fall back to '
-                f"({' '.join(str(error).split())}); retrying {failed}",
-                throttle_duration_sec=5.0)
-            return
-        self.backend_switches += 1
-        self.get_logger().error(f'inference failed on {failed}: {reason}; switched to {new} '
-                                f'on {self.segmenter.backend.device}')
+        with self._fallback_lock:
+            reason = ' '.join(f'{type(exc).__name__}: {exc}'.split())
+            self.backend_failures += len(cameras)
+            for camera in cameras:
+                camera.health.record_failure(time.monotonic(), reason)
+            if self.segmenter.backend is not backend:
+                return
+            failed = self.segmenter.backend_name
+            if self.settings.backend != 'auto':
+                self.get_logger().error(f'inference failed on {failed}: {reason}',
+                                        throttle_duration_sec=5.0)
+                return
+            try:
+                new = self.segmenter.fall_back()
+            except (BackendUnavailable, OSError, RuntimeError, ValueError) as error:
+                self.get_logger().error(
+                    f'inference failed on {failed}: {reason}; no backend to fall back to '
+                    f"({' '.join(str(error).split())}); retrying {failed}",
+                    throttle_duration_sec=5.0)
+                return
+            self.backend_switches += 1
+            self.get_logger().error(f'inference failed on {failed}: {reason}; switched to {new} '
+                                    f'on {self.segmenter.backend.device}')
 
     def _publish_colour(self, camera: Camera, label_map: np.ndarray, pixels: np.ndarray,
                         encoding: str, header) -> None:

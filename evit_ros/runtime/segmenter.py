@@ -148,22 +148,7 @@ class Segmenter:
         :returns: ``uint8`` class ids (``uint16`` beyond 256 classes).
         :raises evit_ros.runtime.image.ImageError: for an image that cannot be segmented.
         """
-        start = time.perf_counter()
-        rgb = to_rgb(image, encoding)
-        x = preprocess(rgb, self.input_size)
-        after_pre = time.perf_counter()
-        logits = self.backend.infer(x)
-        after_inf = time.perf_counter()
-        size = tuple(output_size) if output_size else rgb.shape[:2]
-        if self.postprocess == 'fast':
-            label_map = bicubic_argmax(logits, size)
-        else:
-            label_map = labels_from_logits(logits, size)
-        end = time.perf_counter()
-        self.logits = logits
-        self.timings = Timings((after_pre - start) * 1e3, (after_inf - after_pre) * 1e3,
-                               (end - after_inf) * 1e3)
-        return label_map
+        return self.segment_batch([image], [encoding], [output_size])[0]
 
     def segment_batch(self, images: Sequence[np.ndarray], encodings: Sequence[str],
                       output_sizes: Optional[Sequence[Optional[Tuple[int, int]]]] = None
@@ -203,7 +188,8 @@ class Segmenter:
             raise ValueError('no images to segment')
         start = time.perf_counter()
         rgbs = [to_rgb(image, encoding) for image, encoding in zip(images, encodings)]
-        x = np.concatenate([preprocess(rgb, self.input_size) for rgb in rgbs], axis=0)
+        inputs = [preprocess(rgb, self.input_size) for rgb in rgbs]
+        x = inputs[0] if len(inputs) == 1 else np.concatenate(inputs, axis=0)
         after_pre = time.perf_counter()
         logits = self.backend.infer(x)
         end = time.perf_counter()
